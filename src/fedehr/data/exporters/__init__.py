@@ -1,0 +1,1 @@
+"""Writers of cohorts (real or synthetic) in the formats users' pipelines read."""
