@@ -86,13 +86,13 @@ def static_specs(names: list[str] | tuple[str, ...]) -> tuple[FeatureSpec, ...]:
     return tuple(STATIC[n] for n in names)
 
 
-def fahrenheit_to_celsius(x):  # noqa: ANN001, ANN201 - works on floats and arrays alike
+def fahrenheit_to_celsius(x):
     return (x - 32.0) * (5.0 / 9.0)
 
 
-def inches_to_cm(x):  # noqa: ANN001, ANN201
+def inches_to_cm(x):
     return x * 2.54
 
 
-def pounds_to_kg(x):  # noqa: ANN001, ANN201
+def pounds_to_kg(x):
     return x * 0.45359237
