@@ -1,10 +1,78 @@
-"""Placeholder replaced by its owner during this session."""
+"""`fedehr quickstart`: simulated hospitals -> federated FedEHR-Gen on Flower -> sample -> evaluate -> report."""
 
 from __future__ import annotations
 
-from fedehr.errors import NotImplementedYetError
+import shutil
+import time
+from pathlib import Path
+
+import typer
+
+MARKER = ".fedehr-quickstart"
 
 
-def quickstart() -> None:
-    """Not available yet."""
-    raise NotImplementedYetError("fedehr quickstart is not available in this build")
+def _fresh_dir(out: Path) -> None:
+    """Re-use ``out`` only if an earlier quickstart made it (never delete a user's own folder)."""
+    from fedehr.errors import InputError
+
+    if out.exists():
+        if not (out / MARKER).is_file():
+            raise InputError("exists and was not made by `fedehr quickstart`; choose another --out", file=out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by fedehr quickstart; safe to delete\n")
+
+
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="folder for every output"),
+    n_stays: int = typer.Option(3000, help="simulated ICU stays"),
+    n_sites: int = typer.Option(4, help="simulated hospitals (one Flower SuperNode each)"),
+    heterogeneity: float = typer.Option(0.5, help="0 = identical hospitals, 1 = very different"),
+    method: str = typer.Option("fedehr-gen", help="fedehr-gen | fedavg | fedavg-direct | centralized"),
+    seed: int = typer.Option(0, help="seed of the simulator, the splits, training and sampling"),
+    device: str = typer.Option("auto", help="cpu | cuda | auto"),
+) -> None:
+    """Run the whole product once on the built-in SIMULATED multi-hospital ICU cohort and print the report path."""
+    from fedehr.cli.render import console, print_summary
+    from fedehr.data.sources import load_source
+    from fedehr.data.store import load_cohort, make_splits, save_cohort
+    from fedehr.data.summary import summarise
+
+    t_start = time.perf_counter()
+    _fresh_dir(out)
+    console.rule("[bold]1/5 simulated hospitals")
+    cohort = load_source("simulated", None, n_stays=n_stays, n_sites=n_sites, heterogeneity=heterogeneity,
+                         seed=seed)
+    splits = make_splits(cohort, test_fraction=0.2, seed=seed)
+    cohort_dir = save_cohort(cohort, out / "cohort", splits=splits)
+    print_summary(summarise(cohort), features=False)
+
+    console.rule(f"[bold]2/5 federated training ({method}, Flower simulation runtime)")
+    from fedehr.cli.train import run_training
+
+    run_dir = out / "run"
+    run_training(cohort_dir, method=method, out=run_dir, config="quickstart", overrides=[f"seed={seed}"],
+                 device=device)
+
+    console.rule("[bold]3/5 sampling synthetic patients")
+    from fedehr.algorithms.generate import sample
+
+    train, test = load_cohort(cohort_dir, split="train"), load_cohort(cohort_dir, split="test")
+    t0 = time.perf_counter()
+    synthetic = sample(run_dir, len(train), seed=seed, device=device)
+    console.print(f"{len(synthetic)} synthetic stays in {time.perf_counter() - t0:.2f} s")
+    save_cohort(synthetic, out / "synthetic")
+
+    console.rule("[bold]4/5 evaluation: fidelity, utility, privacy (per site and pooled)")
+    from fedehr.cli.evaluate import run_evaluation
+
+    report = run_evaluation(train, test, synthetic, out / "evaluation", seed=seed,
+                            title=f"fedehr quickstart: {method} on simulated hospitals", run_dir=run_dir)
+
+    console.rule("[bold]5/5 done")
+    console.print(f"finished in {time.perf_counter() - t_start:.0f} s. The data are SIMULATED (fedehr's "
+                  "built-in multi-hospital generator), not real patients.")
+    console.print(f"report: [bold]{report.resolve()}[/]")
+    console.print("next: `fedehr data download physionet2012`, then `fedehr prepare --source physionet2012 "
+                  "--path data/physionet2012/set-a.tar.gz --out cohorts/p12` and `fedehr train --cohort "
+                  "cohorts/p12 --method fedehr-gen --out runs/p12` (see README).")

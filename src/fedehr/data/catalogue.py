@@ -75,6 +75,11 @@ STATIC: dict[str, FeatureSpec] = {
     n: FeatureSpec(n, k, u, float(lo), float(hi), description=d)  # type: ignore[arg-type]
     for n, k, u, lo, hi, d in _STATIC
 }
+# PhysioNet 2012 ICU type; stored as integer codes 0-3 for the challenge's ICUType 1-4.
+STATIC["ICUType"] = FeatureSpec(
+    "ICUType", "categorical",
+    categories=("Coronary Care Unit", "Cardiac Surgery Recovery Unit", "Medical ICU", "Surgical ICU"),
+    description="ICU type at admission (PhysioNet 2012 ICUType 1-4 = codes 0-3)")
 
 
 def temporal_specs(names: list[str] | tuple[str, ...]) -> tuple[FeatureSpec, ...]:

@@ -17,6 +17,7 @@ import numpy as np
 
 # Figures are built as matplotlib.figure.Figure objects and saved through the Agg canvas directly, never via
 # pyplot: rendering is headless without switching the process-wide backend (which would break a notebook's).
+from matplotlib import colormaps
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.patches import Patch
 
@@ -50,7 +51,11 @@ def _encode(fig: MplFigure) -> str:
 def _grid(n: int, ncols: int = 8, w: float = 1.9, h: float = 1.5) -> tuple[MplFigure, list]:
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig = MplFigure(figsize=(ncols * w, nrows * h + 0.4), layout="constrained")
+    height = nrows * h + 0.6
+    fig = MplFigure(figsize=(ncols * w, height))
+    # A fixed layout: constrained layout costs about a second per 40-panel grid.
+    fig.subplots_adjust(left=0.02, right=0.99, bottom=0.45 / height, top=1 - 0.5 / height, wspace=0.15,
+                        hspace=0.55)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -58,7 +63,9 @@ def _grid(n: int, ncols: int = 8, w: float = 1.9, h: float = 1.5) -> tuple[MplFi
 
 
 def _chunks(n: int) -> list[range]:
-    return [range(i, min(i + MAX_PANELS, n)) for i in range(0, n, MAX_PANELS)]
+    """Split n panels into the fewest figures of <= MAX_PANELS, balanced (42 -> 21 + 21, not 40 + 2)."""
+    size = math.ceil(n / max(1, math.ceil(n / MAX_PANELS)))
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _label(spec: FeatureSpec) -> str:
@@ -136,7 +143,7 @@ def _hist_panel(ax, spec: FeatureSpec, r: np.ndarray, s: np.ndarray, static: boo
         fr = np.bincount(np.clip(r.astype(np.int64), 0, k - 1), minlength=k) / max(r.size, 1)
         fs = np.bincount(np.clip(s.astype(np.int64), 0, k - 1), minlength=k) / max(s.size, 1)
         pos = np.arange(k)
-        ax.bar(pos - 0.2, fr, 0.4, color=REAL)
+        ax.bar(pos - 0.2, fr, 0.4, color=REAL, alpha=0.45)
         ax.bar(pos + 0.2, fs, 0.4, color=SYN)
         ax.set_xticks(pos, labels, fontsize=6)
         return
@@ -162,7 +169,7 @@ def histogram_figures(real: Cohort, syn: Cohort) -> list[Figure]:
         fig, axes = _grid(len(idx))
         for ax, j in zip(axes, idx, strict=True):
             _hist_panel(ax, rc[j][0], rc[j][1], sc[j][1], static=j >= n_temporal)
-        fig.legend(handles=_legend_handles(), loc="outside upper right", ncols=2, fontsize=8, frameon=False)
+        _fig_legend(fig)
         part = f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""
         out.append(Figure(
             f"hist-{i}", f"Marginal distributions{part}",
@@ -173,8 +180,9 @@ def histogram_figures(real: Cohort, syn: Cohort) -> list[Figure]:
     return out
 
 
-def _legend_handles() -> list:
-    return [Patch(color=REAL, alpha=0.6, label="real (train)"), Patch(color=SYN, label="synthetic")]
+def _fig_legend(fig: MplFigure) -> None:
+    handles = [Patch(color=REAL, alpha=0.6, label="real (train)"), Patch(color=SYN, label="synthetic")]
+    fig.legend(handles=handles, loc="upper right", bbox_to_anchor=(0.99, 1.0), ncols=2, fontsize=8, frameon=False)
 
 
 # ---- 2. hourly trajectories ------------------------------------------------------------------------------
@@ -200,7 +208,7 @@ def trajectory_figures(real: Cohort, syn: Cohort) -> list[Figure]:
                 ax.plot(hours, mean[:, k], color=colour, linestyle=ls, linewidth=1.1)
                 if spec.kind == "numeric":
                     ax.fill_between(hours, q[0, :, k], q[1, :, k], color=colour, alpha=0.2, linewidth=0)
-        fig.legend(handles=_legend_handles(), loc="outside upper right", ncols=2, fontsize=8, frameon=False)
+        _fig_legend(fig)
         fig.supxlabel("hours since ICU admission", fontsize=8)
         part = f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""
         skipped = [s.name for s in specs if s.kind == "categorical"]
@@ -212,3 +220,224 @@ def trajectory_figures(real: Cohort, syn: Cohort) -> list[Figure]:
             "overlap in level, spread and trend." + note,
             _encode(fig)))
     return out
+
+
+# ---- 3. dimension-wise means ------------------------------------------------------------------------------
+def dimension_scatter(real: Cohort, syn: Cohort) -> Figure:
+    """Per (feature, site) mean of real vs synthetic values, in standard deviations of the pooled real data."""
+    names = real.schema.temporal_names
+    mu = nan_mean(real.values, axis=(0, 1))  # (F,)
+    sd = np.sqrt(nan_mean((real.values - mu) ** 2, axis=(0, 1)))
+    sd = np.where(np.isfinite(sd) & (sd > 1e-12), sd, 1.0)
+    syn_pooled = (nan_mean(syn.values, axis=(0, 1)) - mu) / sd
+    syn_sites = set(syn.site_names)
+    fig = MplFigure(figsize=(6.4, 5.2), layout="constrained")
+    ax = fig.subplots()
+    xs, ys, labels = [], [], []
+    for k, site in enumerate(real.site_names):
+        x = (nan_mean(real.values[real.sites == site], axis=(0, 1)) - mu) / sd
+        y = (nan_mean(syn.values[syn.sites == site], axis=(0, 1)) - mu) / sd if site in syn_sites else syn_pooled
+        ax.scatter(x, y, s=14, color=SITE_COLOURS[k % len(SITE_COLOURS)], alpha=0.8, label=site)
+        xs.append(x)
+        ys.append(y)
+        labels += [f"{n} @ {site}" for n in names]
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    ok = np.isfinite(x) & np.isfinite(y)
+    lim = max(float(np.max(np.abs(np.concatenate([x[ok], y[ok], [0.0]])))) * 1.15, 0.05)
+    ax.plot([-lim, lim], [-lim, lim], color="black", linewidth=0.8, linestyle=":")
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="real mean (SD units)", ylabel="synthetic mean (SD units)")
+    gap = np.where(ok, np.abs(y - x), -1.0)
+    for i in np.argsort(gap)[::-1][:5]:
+        if gap[i] > 0:
+            ax.annotate(labels[i], (x[i], y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.legend(title="site", fontsize=7, title_fontsize=8, loc="upper left")
+    per_site = "the same site" if syn_sites & set(real.site_names) else "the pooled synthetic data"
+    return Figure(
+        "dims", "Dimension-wise means",
+        f"Each point is one (temporal feature, site) pair: x = real mean at that site, y = synthetic mean of "
+        f"{per_site} (pooled synthetic data for sites it lacks), both in SDs of the pooled real values. Points "
+        "on the dotted y = x line are reproduced; the 5 largest gaps are labelled.",
+        _encode(fig))
+
+
+# ---- 4. correlations and missingness ------------------------------------------------------------------------
+def _heatmaps(panels: list[tuple[str, np.ndarray, str, float, float]], names: list[str], xlabels: list[str] | None,
+              figsize: tuple[float, float]) -> str:
+    fig = MplFigure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    fs = 7 if len(names) <= 20 else 5
+    for ax, (title, m, cmap, vmin, vmax) in zip(axes, panels, strict=True):
+        im = ax.imshow(np.ma.masked_invalid(m), cmap=colormaps[cmap].with_extremes(bad="#d9d9d9"), vmin=vmin,
+                       vmax=vmax, aspect="auto", interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_yticks(range(len(names)), names, fontsize=fs)
+        if xlabels is None:
+            ax.set_xticks([])
+        else:
+            step = max(1, len(xlabels) // 8)
+            ax.set_xticks(range(0, len(xlabels), step), xlabels[::step], fontsize=7)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    return _encode(fig)
+
+
+def correlation_figure(real: Cohort, syn: Cohort) -> Figure:
+    """Correlation of per-stay feature means: real, synthetic and their absolute difference."""
+    names = real.schema.temporal_names
+    cr, cs = pairwise_corr(stay_means(real.values)), pairwise_corr(stay_means(syn.values))
+    diff = np.abs(cr - cs)
+    mad = float(np.nanmean(diff[~np.eye(len(names), dtype=bool)])) if len(names) > 1 else float("nan")
+    side = min(5.5, 2.0 + 0.1 * len(names))
+    png = _heatmaps([("real (train)", cr, "RdBu_r", -1, 1), ("synthetic", cs, "RdBu_r", -1, 1),
+                     (f"|difference| (mean {mad:.3f})", diff, "Reds", 0, 1)], names, None, (3 * side + 1.5, side))
+    return Figure(
+        "corr", "Feature correlations",
+        "Pearson correlation between features of each stay's mean observed value (pairs observed in the same "
+        "stay; grey = too few pairs). Left real, middle synthetic; the right panel should be pale: dark cells "
+        "are feature pairs whose dependence the generator missed. Rows and columns follow the feature order.",
+        png)
+
+
+def missingness_figure(real: Cohort, syn: Cohort) -> Figure:
+    """Observed fraction per feature and hourly bin: real, synthetic and synthetic minus real."""
+    names = real.schema.temporal_names
+    fr, fs = real.mask.mean(axis=0).T, syn.mask.mean(axis=0).T  # (F, T)
+    hours = [f"{h:g}" for h in np.arange(real.schema.n_bins) * real.schema.bin_hours]
+    png = _heatmaps([("real (train): observed share", fr, "viridis", 0, 1),
+                     ("synthetic: observed share", fs, "viridis", 0, 1),
+                     ("synthetic - real", fs - fr, "RdBu_r", -1, 1)],
+                    names, hours, (15, min(6.0, 1.5 + 0.12 * len(names))))
+    return Figure(
+        "miss", "Missingness patterns",
+        "Share of stays with at least one measurement of each feature (rows) in each hourly bin (columns, hours "
+        "since admission). In the difference panel red = the generator measures too often, blue = too rarely; "
+        "white is a match.",
+        png)
+
+
+# ---- 5. low-dimensional embeddings ------------------------------------------------------------------------
+def stay_summaries(c: Cohort, ref: Cohort) -> np.ndarray:
+    """(N, 2F + S) per-stay features standardised with ``ref`` (the real data): stay means (missing -> 0),
+    observed share of bins per feature, static values (missing -> 0)."""
+    m_ref, m = stay_means(ref.values), stay_means(c.values)
+    mu, sd = nan_mean(m_ref, axis=0), np.sqrt(nan_mean((m_ref - nan_mean(m_ref, axis=0)) ** 2, axis=0))
+    means = np.nan_to_num((m - mu) / np.where(sd > 1e-12, sd, 1.0), nan=0.0)
+    mu_s = nan_mean(ref.static, axis=0)
+    sd_s = np.sqrt(nan_mean((ref.static - mu_s) ** 2, axis=0))
+    static = np.nan_to_num((c.static - mu_s) / np.where(sd_s > 1e-12, sd_s, 1.0), nan=0.0)
+    return np.concatenate([means, c.mask.mean(axis=1), static], axis=1)
+
+
+def embedding_figure(real: Cohort, syn: Cohort, rng: np.random.Generator, max_points: int = 1000,
+                     max_tsne_points: int = 600) -> Figure:
+    """PCA (fitted on real) and t-SNE (joint) of per-stay summaries, subsampled with ``rng``."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    xr = stay_summaries(real, real)
+    xs = stay_summaries(syn, real)
+    ir = rng.choice(len(xr), min(len(xr), max_points), replace=False)
+    is_ = rng.choice(len(xs), min(len(xs), max_points), replace=False)
+    xr, xs = xr[ir], xs[is_]
+    pca = PCA(n_components=2).fit(xr)
+    pr, ps = pca.transform(xr), pca.transform(xs)
+    # t-SNE is O(n log n) per iteration; a smaller subsample keeps it to a few seconds on two cores.
+    nr, ns = min(len(xr), max_tsne_points), min(len(xs), max_tsne_points)
+    both = np.concatenate([xr[:nr], xs[:ns]])
+    perplexity = float(min(30.0, max(2.0, (len(both) - 1) / 4)))
+    emb = TSNE(n_components=2, init="pca", perplexity=perplexity, max_iter=500, learning_rate="auto",
+               random_state=int(rng.integers(2**31 - 1))).fit_transform(both)
+    fig = MplFigure(figsize=(11, 4.8), layout="constrained")
+    a, b = fig.subplots(1, 2)
+    ev = pca.explained_variance_ratio_
+    for ax, (er, es), title in ((a, (pr, ps), f"PCA (fitted on real; {100 * ev.sum():.0f} % variance)"),
+                                (b, (emb[:nr], emb[nr:]), f"t-SNE (perplexity {perplexity:g})")):
+        ax.scatter(er[:, 0], er[:, 1], s=6, alpha=0.5, color=REAL, label=f"real (train), n={len(er)}")
+        ax.scatter(es[:, 0], es[:, 1], s=6, alpha=0.5, color=SYN, label=f"synthetic, n={len(es)}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, markerscale=2)
+    return Figure(
+        "embed", "PCA and t-SNE of stays",
+        "Each dot is one stay summarised by its standardised per-feature means, observed shares and static "
+        "values (random subsample). Synthetic dots should cover the same regions as real ones: empty real "
+        "regions = modes the generator dropped, isolated orange clusters = implausible stays.",
+        _encode(fig))
+
+
+# ---- 6. privacy and utility artefacts ---------------------------------------------------------------------
+def artifact(artifacts: dict, key: str) -> np.ndarray | None:
+    """A 1-D finite float artefact, None when absent; InputError when malformed."""
+    if key not in artifacts:
+        return None
+    try:
+        a = np.asarray(artifacts[key], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError("evaluation artefact is not numeric", field=f"artifacts[{key!r}]",
+                         expected="1-D float array") from None
+    if a.ndim != 1 or not np.isfinite(a).all():
+        raise InputError(f"evaluation artefact has shape {a.shape} or non-finite values",
+                         field=f"artifacts[{key!r}]", expected="1-D array of finite floats")
+    return a
+
+
+def dcr_figure(artifacts: dict) -> Figure | None:
+    """Histogram of distances to closest record: synthetic->train vs synthetic->test. None without artefacts."""
+    tr, te = artifact(artifacts, "dcr_syn_to_train"), artifact(artifacts, "dcr_syn_to_test")
+    if tr is None or te is None:
+        return None
+    both = np.concatenate([tr, te])
+    hi = float(np.quantile(both, 0.99)) if both.size else 1.0
+    edges = np.linspace(0.0, hi if hi > 0 else 1.0, 41)
+    fig = MplFigure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for a, colour, label in ((tr, "#d62728", "synthetic → train"), (te, "#2ca02c", "synthetic → test")):
+        h = np.histogram(np.clip(a, 0, edges[-1]), edges)[0] / max(a.size, 1)
+        ax.stairs(h, edges, color=colour, linewidth=1.4, label=f"{label} (median {np.median(a):.3g})")
+    ax.set(xlabel="distance to closest record", ylabel="share of synthetic stays")
+    ax.legend(fontsize=8)
+    return Figure(
+        "dcr", "Distance to closest record",
+        "For every synthetic stay, the distance to its nearest training stay (red) and nearest held-out test "
+        "stay (green); the top 1 % is clipped into the last bin. Red mass shifted left of green (or a spike "
+        "near 0) means synthetic stays copy training patients.",
+        _encode(fig))
+
+
+def roc_curves(artifacts: dict) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """{model: {split: (fpr, tpr)}} from artefact keys ``roc:<split>:<model>:fpr`` / ``:tpr``."""
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for key in sorted(artifacts):
+        parts = key.split(":")
+        if len(parts) != 4 or parts[0] != "roc" or parts[3] != "fpr":
+            continue
+        split, model = parts[1], parts[2]
+        fpr, tpr = artifact(artifacts, key), artifact(artifacts, f"roc:{split}:{model}:tpr")
+        if tpr is None or fpr is None or len(fpr) != len(tpr):
+            raise InputError("ROC artefact needs fpr and tpr arrays of equal length", field=key,
+                             expected=f"roc:{split}:{model}:tpr of the same length")
+        out.setdefault(model, {})[split] = (fpr, tpr)
+    return out
+
+
+def roc_figure(artifacts: dict) -> Figure | None:
+    curves = roc_curves(artifacts)
+    if not curves:
+        return None
+    fig = MplFigure(figsize=(3.4 * len(curves) + 0.4, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(curves)))
+    for ax, (model, splits) in zip(axes, curves.items(), strict=True):
+        for split, (fpr, tpr) in sorted(splits.items()):
+            auc = float(np.trapezoid(tpr, fpr))
+            ax.plot(fpr, tpr, linestyle="-" if split == "tstr" else "--", color=SYN if split == "tstr" else REAL,
+                    label=f"{split.upper()} (AUROC {auc:.3f})")
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.7, linestyle=":")
+        ax.set(title=model, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
+        ax.set_aspect("equal")
+        ax.legend(fontsize=7, loc="lower right")
+    return Figure(
+        "roc", "Downstream ROC curves",
+        "Mortality classifiers scored on the real test split: TSTR = trained on synthetic (orange), TRTR = "
+        "trained on real training data (blue dashed), one panel per model. The closer the orange curve to the "
+        "blue one, the more useful the synthetic data for this task.",
+        _encode(fig))

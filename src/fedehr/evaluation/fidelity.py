@@ -1,0 +1,296 @@
+"""Fidelity metrics: how closely synthetic stays reproduce the real (training) distribution.
+
+Pure functions on arrays (N stays, T bins, F temporal features, D summary columns). Each docstring states the
+shapes, the range and the direction. Standardised values use the REAL training mean/std (featurize.Scaler).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import wasserstein_distance
+
+from fedehr.evaluation.featurize import Scaler, nan_mean_std
+
+# ---- marginals -----------------------------------------------------------------------------------------------
+
+
+def wasserstein_1d(real: np.ndarray, syn: np.ndarray) -> float:
+    """Wasserstein-1 distance between two 1-D samples (already standardised by the caller).
+
+    real (n,), syn (m,) finite floats. Returns a value in [0, inf), NaN when either sample is empty;
+    0 for identical empirical distributions. Lower is better.
+    """
+    if real.size == 0 or syn.size == 0:
+        return float("nan")
+    return float(wasserstein_distance(real, syn))
+
+
+def ks_1d(real: np.ndarray, syn: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic sup_x |F_real(x) - F_syn(x)|.
+
+    real (n,), syn (m,) finite floats. Returns a value in [0, 1], NaN when either sample is empty. Lower is better.
+    """
+    if real.size == 0 or syn.size == 0:
+        return float("nan")
+    a, b = np.sort(real), np.sort(syn)
+    grid = np.concatenate([a, b])
+    fa = np.searchsorted(a, grid, side="right") / a.size
+    fb = np.searchsorted(b, grid, side="right") / b.size
+    return float(np.max(np.abs(fa - fb)))
+
+
+def category_gap(real: np.ndarray, syn: np.ndarray, n_categories: int) -> float:
+    """Total variation distance between the category distributions of two samples of integer codes.
+
+    real (n,), syn (m,) codes in [0, n_categories) (others are clipped into range). For a binary feature this is
+    the prevalence gap |p_real - p_syn|. Returns [0, 1], NaN when either sample is empty. Lower is better.
+    """
+    if real.size == 0 or syn.size == 0:
+        return float("nan")
+    k = max(int(n_categories), 2)
+    pr = np.bincount(np.clip(np.rint(real).astype(np.int64), 0, k - 1), minlength=k) / real.size
+    ps = np.bincount(np.clip(np.rint(syn).astype(np.int64), 0, k - 1), minlength=k) / syn.size
+    return float(0.5 * np.abs(pr - ps).sum())
+
+
+# ---- missingness and measurement frequency -----------------------------------------------------------------
+
+
+def observed_fraction(counts: np.ndarray) -> np.ndarray:
+    """(N, T, F) counts -> (F,) share of (stay, bin) cells with at least one measurement, in [0, 1]."""
+    return (counts > 0).mean(axis=(0, 1))
+
+
+def missingness_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -> np.ndarray:
+    """Per-feature |observed fraction real - observed fraction synthetic|.
+
+    real_counts (N, T, F), syn_counts (M, T, F). Returns (F,) in [0, 1]. Lower is better.
+    """
+    return np.abs(observed_fraction(real_counts) - observed_fraction(syn_counts))
+
+
+def measurements_per_bin(counts: np.ndarray) -> np.ndarray:
+    """(N, T, F) -> (F,) mean measurement count over observed bins (>= 1), NaN for never-observed features."""
+    obs = counts > 0
+    k = obs.sum(axis=(0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(k > 0, counts.sum(axis=(0, 1), dtype=np.float64) / np.maximum(k, 1), np.nan)
+
+
+def measurement_rate_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -> np.ndarray:
+    """Per-feature |mean measurements per observed bin, real - synthetic|.
+
+    real_counts (N, T, F), syn_counts (M, T, F). Returns (F,) in [0, inf) measurements per bin, NaN where
+    either set never observes the feature. Lower is better.
+    """
+    return np.abs(measurements_per_bin(real_counts) - measurements_per_bin(syn_counts))
+
+
+# ---- dimension-wise means (EHRDiff / medGAN) --------------------------------------------------------------------
+
+
+def dimension_wise(real: np.ndarray, syn: np.ndarray) -> tuple[float, float]:
+    """Pearson r and RMSE between per-dimension statistics of real and synthetic data (EHRDiff, medGAN).
+
+    real (D,), syn (D,) per-dimension means (see :func:`dimension_means`); pairs with a NaN are dropped.
+    Returns (r in [-1, 1], higher is better, 1 best; RMSE in [0, inf), lower is better). r is NaN with fewer
+    than 2 pairs or a constant vector.
+    """
+    ok = np.isfinite(real) & np.isfinite(syn)
+    a, b = real[ok], syn[ok]
+    rmse = float(np.sqrt(np.mean((a - b) ** 2))) if a.size else float("nan")
+    if a.size < 2 or np.std(a) < 1e-12 or np.std(b) < 1e-12:
+        return float("nan"), rmse
+    return float(np.clip(np.corrcoef(a, b)[0, 1], -1.0, 1.0)), rmse
+
+
+def dimension_means(values: np.ndarray, counts: np.ndarray, static: np.ndarray, lo: np.ndarray,
+                    hi: np.ndarray, static_lo: np.ndarray, static_hi: np.ndarray) -> np.ndarray:
+    """Per-dimension means on a common [0, 1] scale: (2F + S,).
+
+    values (N, T, F), counts (N, T, F), static (N, S). For each temporal feature: mean of observed values
+    min-max scaled with the REAL training range ``lo``/``hi`` (F,), then the observed fraction; then static
+    means scaled with ``static_lo``/``static_hi`` (S,). Z-scores are not used because the real vector would be
+    identically 0, leaving Pearson r undefined.
+    """
+    v_mu, _ = nan_mean_std(values.reshape(-1, values.shape[-1]).astype(np.float64), axis=0)
+    s_mu, _ = nan_mean_std(static.astype(np.float64), axis=0) if static.shape[1] else (np.zeros(0), None)
+    scale = lambda x, a, b: (x - a) / np.where(b - a > 1e-12, b - a, 1.0)  # noqa: E731
+    return np.concatenate([scale(v_mu, lo, hi), observed_fraction(counts), scale(s_mu, static_lo, static_hi)])
+
+
+# ---- dependence between features ----------------------------------------------------------------------------
+
+
+def pairwise_corr(x: np.ndarray, min_pairs: int = 5) -> np.ndarray:
+    """Pairwise-complete Pearson correlation matrix.
+
+    x (N, D) with NaN for missing. Returns (D, D) in [-1, 1], NaN where fewer than ``min_pairs`` rows observe
+    both columns or either is constant on those rows.
+    """
+    m = np.isfinite(x).astype(np.float64)  # (N, D)
+    x0 = np.where(m > 0, x, 0.0)
+    n = m.T @ m  # (D, D) rows observing both
+    sx = x0.T @ m  # sx[i, j] = sum of x_i over rows where x_j is observed too
+    sxx = (x0 * x0).T @ m
+    sxy = x0.T @ x0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mi, mj = sx / n, sx.T / n
+        vi, vj = sxx / n - mi**2, sxx.T / n - mj**2
+        r = (sxy / n - mi * mj) / np.sqrt(vi * vj)
+    r[(n < min_pairs) | ~(vi > 1e-12) | ~(vj > 1e-12)] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def correlation_distance(real: np.ndarray, syn: np.ndarray) -> float:
+    """||C_real - C_syn||_F / sqrt(P): root-mean-square gap between pairwise-complete Pearson correlations.
+
+    real (N, D), syn (M, D) per-stay summaries (NaN allowed). The norm runs over the P off-diagonal pairs defined
+    in both matrices. Returns [0, 2], NaN when no pair is defined. Lower is better.
+    """
+    cr, cs = pairwise_corr(real), pairwise_corr(syn)
+    off = ~np.eye(cr.shape[0], dtype=bool)
+    d = (cr - cs)[off]
+    d = d[np.isfinite(d)]
+    return float(np.sqrt(np.mean(d * d))) if d.size else float("nan")
+
+
+# ---- temporal structure --------------------------------------------------------------------------------------
+
+
+def forward_fill(values: np.ndarray) -> np.ndarray:
+    """(N, T, F) -> (N, T, F): carry the last finite value forward in time; NaN before the first one."""
+    n, t, f = values.shape
+    obs = np.isfinite(values)
+    idx = np.where(obs, np.arange(t)[None, :, None], -1)
+    idx = np.maximum.accumulate(idx, axis=1)  # (N, T, F) last observed bin so far
+    out = np.take_along_axis(values, np.maximum(idx, 0), axis=1)
+    return np.where(idx >= 0, out, np.nan)
+
+
+def autocorrelation(values: np.ndarray, lags: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> np.ndarray:
+    """Pooled lag-k autocorrelation per feature of forward-filled series.
+
+    values (N, T, F), NaN where unobserved (standardised by the caller). Each series is forward-filled, then
+    for lag k the Pearson correlation of all pairs (x[n, t, f], x[n, t+k, f]) defined in both bins is taken over
+    stays and times. Returns (F, K) in [-1, 1], NaN where a feature has < 3 pairs or no variance.
+    """
+    x = forward_fill(values.astype(np.float64))
+    out = np.full((values.shape[2], len(lags)), np.nan)
+    for i, k in enumerate(lags):
+        if k >= values.shape[1]:
+            continue
+        a, b = x[:, :-k], x[:, k:]  # (N, T-k, F)
+        ok = np.isfinite(a) & np.isfinite(b)
+        n = ok.sum(axis=(0, 1))  # (F,)
+        a0, b0 = np.where(ok, a, 0.0), np.where(ok, b, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ma, mb = a0.sum(axis=(0, 1)) / n, b0.sum(axis=(0, 1)) / n
+            cov = (a0 * b0).sum(axis=(0, 1)) / n - ma * mb
+            va = (a0 * a0).sum(axis=(0, 1)) / n - ma**2
+            vb = (b0 * b0).sum(axis=(0, 1)) / n - mb**2
+            r = cov / np.sqrt(va * vb)
+        out[:, i] = np.where((n >= 3) & (va > 1e-12) & (vb > 1e-12), np.clip(r, -1, 1), np.nan)
+    return out
+
+
+def autocorrelation_gap(real_values: np.ndarray, syn_values: np.ndarray, scaler: Scaler,
+                        lags: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> np.ndarray:
+    """Per-feature mean over lags of |ACF_real(k) - ACF_syn(k)| on standardised, forward-filled series.
+
+    real_values (N, T, F), syn_values (M, T, F); ``scaler`` holds the real training mean/std per feature.
+    Returns (F,) in [0, 2], NaN where no lag is defined in both. Lower is better.
+    """
+    gap = np.abs(autocorrelation(scaler.transform(real_values), lags) - autocorrelation(
+        scaler.transform(syn_values), lags))  # (F, K)
+    return _nan_row_mean(gap)
+
+
+def mean_trajectory(values: np.ndarray) -> np.ndarray:
+    """(N, T, F) -> (T, F) mean over stays of the observed values in each bin, NaN where none is observed."""
+    mu, _ = nan_mean_std(values.astype(np.float64), axis=0)
+    return mu
+
+
+def trajectory_gap(real_values: np.ndarray, syn_values: np.ndarray, scaler: Scaler) -> np.ndarray:
+    """Per-feature mean over bins of |hourly mean real - hourly mean synthetic|, in real standard deviations.
+
+    real_values (N, T, F), syn_values (M, T, F). Returns (F,) in [0, inf), NaN where no bin is observed in both.
+    Lower is better.
+    """
+    gap = np.abs(mean_trajectory(scaler.transform(real_values)) - mean_trajectory(scaler.transform(syn_values)))
+    return _nan_row_mean(gap.T)
+
+
+def _nan_row_mean(x: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(x)
+    k = ok.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(k > 0, np.where(ok, x, 0.0).sum(axis=1) / np.maximum(k, 1), np.nan)
+
+
+# ---- joint distribution ---------------------------------------------------------------------------------------
+
+
+def _subsample(x: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
+    if len(x) <= n_max:
+        return x
+    return x[np.sort(rng.choice(len(x), n_max, replace=False))]
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d, 0.0)
+
+
+def mmd_rbf(real: np.ndarray, syn: np.ndarray, rng: np.random.Generator, max_n: int = 2000) -> float:
+    """Squared maximum mean discrepancy with an RBF kernel (biased V-statistic, Gretton et al. 2012).
+
+    real (N, D), syn (M, D) finite (standardised, NaN-filled summaries). Each set is subsampled to ``max_n``
+    rows with ``rng``; k(x, y) = exp(-||x - y||^2 / (2 sigma^2)) with sigma the median pairwise distance of the
+    pooled sample (median heuristic). MMD^2 = mean K_rr + mean K_ss - 2 mean K_rs. Returns [0, 2]; 0 for
+    identical samples. Lower is better.
+    """
+    x, y = _subsample(real, max_n, rng), _subsample(syn, max_n, rng)
+    z = np.concatenate([x, y])
+    d_zz = _sq_dists(z, z)
+    med = np.median(d_zz[np.triu_indices(len(z), k=1)]) if len(z) > 1 else 0.0
+    sigma2 = med if med > 1e-12 else 1.0
+    k = np.exp(-d_zz / (2.0 * sigma2))
+    n = len(x)
+    val = k[:n, :n].mean() + k[n:, n:].mean() - 2.0 * k[:n, n:].mean()
+    return float(max(val, 0.0))
+
+
+def alpha_precision_beta_recall(real: np.ndarray, syn: np.ndarray, n_steps: int = 30) -> dict[str, object]:
+    """Integrated alpha-precision and beta-recall (Alaa et al. 2022), embedding-free, as in synthcity.
+
+    real (N, D), syn (M, D) finite standardised summaries, Euclidean distances.
+    * alpha-precision curve P(a): share of synthetic points within the radius around the real centre (mean)
+      that holds a fraction a of the real points (the real a-support).
+    * beta-recall curve R(b): share of real points x whose nearest synthetic point s(x) is closer than x's
+      nearest other real point AND lies inside the synthetic b-support (radius around the synthetic centre,
+      quantile b of ||s(x) - synthetic centre||).
+    * integrated scores 1 - sum_a |P(a) - a| / sum_a a on a grid of ``n_steps`` levels in [0, 1].
+    Returns {"alpha_precision", "beta_recall"} in [0, 1] (higher is better, 1 best) and the curves.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    levels = np.linspace(0.0, 1.0, n_steps)
+    c_real, c_syn = real.mean(axis=0), syn.mean(axis=0)
+    radii = np.quantile(np.linalg.norm(real - c_real, axis=1), levels)  # (K,)
+    syn_to_c = np.linalg.norm(syn - c_real, axis=1)  # (M,)
+    precision = (syn_to_c[:, None] <= radii[None, :]).mean(axis=0)  # (K,)
+    real_to_real = NearestNeighbors(n_neighbors=2).fit(real).kneighbors(real)[0][:, 1]  # (N,) excluding self
+    d_rs, i_rs = NearestNeighbors(n_neighbors=1).fit(syn).kneighbors(real)
+    closest_to_c = np.linalg.norm(syn[i_rs[:, 0]] - c_syn, axis=1)  # (N,)
+    beta_radii = np.quantile(closest_to_c, levels)
+    covered = d_rs[:, 0] <= real_to_real  # (N,)
+    recall = (covered[:, None] & (closest_to_c[:, None] <= beta_radii[None, :])).mean(axis=0)
+    return {
+        "alpha_precision": float(1.0 - np.abs(precision - levels).sum() / levels.sum()),
+        "beta_recall": float(1.0 - np.abs(recall - levels).sum() / levels.sum()),
+        "levels": levels.tolist(),
+        "precision_curve": precision.tolist(),
+        "recall_curve": recall.tolist(),
+    }
