@@ -21,14 +21,16 @@ def inspect(
     site_by: str = typer.Option(None, "--site-by", help="column that defines sites (source-specific)"),
     hours: float = typer.Option(48.0, help="length of the time window after ICU admission"),
     bin_hours: float = typer.Option(1.0, help="width of one time bin"),
+    option: list[str] = typer.Option([], "--option", help="loader option KEY=VALUE, repeatable"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Stays, sites with sizes and label prevalence, per-feature missingness, out-of-range drops."""
-    from fedehr.cli.render import print_summary
+    from fedehr.cli.render import parse_options, print_summary
     from fedehr.data.sources import read_any
     from fedehr.data.summary import summarise
 
-    opts = {} if source == "cohort" else {"hours": hours, "bin_hours": bin_hours, "site_by": site_by}
+    opts = {} if source == "cohort" else {"hours": hours, "bin_hours": bin_hours, "site_by": site_by,
+                                          **parse_options(option)}
     cohort = read_any(path, source=source, **opts)  # type: ignore[arg-type]
     s = summarise(cohort)
     if as_json:

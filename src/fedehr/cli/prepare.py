@@ -21,18 +21,20 @@ def prepare(
     n_stays: int = typer.Option(3000, help="simulated only: number of stays"),
     n_sites: int = typer.Option(4, help="simulated only: number of hospitals"),
     heterogeneity: float = typer.Option(0.5, help="simulated only: 0 = identical hospitals, 1 = very different"),
+    option: list[str] = typer.Option([], "--option", help="loader option KEY=VALUE, repeatable (e.g. "
+                                     "patient=.../patient.csv.gz for yaib sites)"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ) -> None:
     """Prepare a cohort directory with per-site, label-stratified, seeded train/test splits."""
-    from fedehr.cli.render import console, print_summary
+    from fedehr.cli.render import console, parse_options, print_summary
     from fedehr.data.partition import group_small_sites
     from fedehr.data.sources import load_source
     from fedehr.data.store import make_splits, save_cohort
     from fedehr.data.summary import summarise
 
-    opts: dict[str, object] = {}
+    opts: dict[str, object] = parse_options(option)
     if source == "simulated":
-        opts = {"n_stays": n_stays, "n_sites": n_sites, "heterogeneity": heterogeneity, "seed": seed}
+        opts |= {"n_stays": n_stays, "n_sites": n_sites, "heterogeneity": heterogeneity, "seed": seed}
     cohort = load_source(source, path, hours=hours, bin_hours=bin_hours, site_by=site_by, **opts)
     if min_site_size > 0:
         cohort = cohort.with_sites(group_small_sites(cohort.sites, min_site_size), cohort.schema.site_by)

@@ -35,3 +35,23 @@ def print_summary(s: dict[str, Any], *, features: bool = True) -> None:
     static_drops = s.get("static_dropped_out_of_range") or {}
     console.print(f"out-of-range values dropped: {s.get('dropped_out_of_range_total', 0)} temporal"
                   + (f", static: {static_drops}" if static_drops else ""))
+
+
+def parse_options(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings to loader options (ints and floats converted, the rest kept as text)."""
+    from fedehr.errors import InputError
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError("malformed --option", field="--option", value=item, expected="KEY=VALUE")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out

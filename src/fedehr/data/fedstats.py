@@ -101,8 +101,8 @@ class FeatureStats:
 
     def __post_init__(self) -> None:
         d = len(self.count)
-        shapes = {"n_stays": (1,), "n_temporal": (1,), "hist": (d, self.hist.shape[-1] if self.hist.ndim else -1),
-                  "edges": (d, self.hist.shape[-1] + 1 if self.hist.ndim else -1),
+        b = self.hist.shape[1] if self.hist.ndim == 2 else -1
+        shapes = {"n_stays": (1,), "n_temporal": (1,), "hist": (d, b), "edges": (d, b + 1),
                   "label_positive": self.label_known.shape}
         for name in ("mean", "m2", "m3", "min", "max", "count_pos", "mean_log", "m2_log", "n_measurements",
                      "stays_observed"):
@@ -111,9 +111,9 @@ class FeatureStats:
             if getattr(self, name).shape != shape:
                 raise InputError("malformed feature statistics", field=name, value=getattr(self, name).shape,
                                  expected=str(shape))
-        if not 0 <= int(self.n_temporal[0]) <= d:
-            raise InputError("malformed feature statistics", field="n_temporal", value=int(self.n_temporal[0]),
-                             expected=f"0..{d}")
+        if b < 1 or not 0 <= int(self.n_temporal[0]) <= d:
+            raise InputError("malformed feature statistics", field="n_temporal/hist",
+                             value=(int(self.n_temporal[0]), b), expected=f"0..{d} temporal features, >= 1 bin")
 
     # ---- derived ---------------------------------------------------------------------------------------
     @property

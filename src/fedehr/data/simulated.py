@@ -64,10 +64,10 @@ class _Physiology:
 
 # "PP" (pulse pressure) is internal: SysABP = MAP + 2 PP / 3 and DiasABP = MAP - PP / 3.
 _PHYS: tuple[_Physiology, ...] = (
-    _Physiology("HR", 86.0, 9.0, 11.0, 5.0, 3.0, 2.0, amp=4.0, peak=16.0),
-    _Physiology("MAP", 80.0, -6.0, 8.0, 4.5, 2.0, 2.0, amp=3.0, peak=15.0),
-    _Physiology("PP", 50.0, -2.5, 9.0, 3.5, 6.0, 2.5),
-    _Physiology("RespRate", 19.0, 2.6, 3.3, 2.2, 2.0, 1.0, amp=0.6, peak=15.0),
+    _Physiology("HR", np.log(86.0), 0.1, 0.13, 0.06, 3.0, 0.02, amp=0.045, peak=16.0, log=True),
+    _Physiology("MAP", np.log(80.0), -0.075, 0.1, 0.055, 2.0, 0.025, amp=0.035, peak=15.0, log=True),
+    _Physiology("PP", np.log(48.0), -0.05, 0.18, 0.07, 6.0, 0.05, log=True),
+    _Physiology("RespRate", np.log(18.5), 0.13, 0.17, 0.11, 2.0, 0.05, amp=0.03, peak=15.0, log=True),
     _Physiology("Temp", 37.0, 0.35, 0.4, 0.25, 4.0, 0.1, amp=0.25, peak=18.0),
     _Physiology("SpO2", 97.0, -1.6, 1.1, 1.0, 2.0, 0.5),
     _Physiology("FiO2", 0.45, 0.09, 0.1, 0.05, 6.0, 0.02),
@@ -201,7 +201,7 @@ def _hospitals(rng: np.random.Generator, k: int, h: float) -> _Hospitals:
     # z are drawn whatever h is, so changing heterogeneity rescales the same hospitals.
     return _Hospitals(
         size_weight=np.exp(0.6 * h * _spread(rng, k)),
-        age_shift=7.0 * h * _spread(rng, k),
+        age_shift=0.0 * h * _spread(rng, k),
         severity_shift=0.45 * h * _spread(rng, k),
         mortality_shift=0.45 * h * _spread(rng, k),
         charting_shift=0.8 * h * _spread(rng, k),

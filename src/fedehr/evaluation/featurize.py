@@ -122,21 +122,33 @@ def observed_columns(values: np.ndarray) -> list[np.ndarray]:
     return [flat[np.isfinite(flat[:, j]), j].astype(np.float64) for j in range(flat.shape[1])]
 
 
-def canonical_order(values: np.ndarray, counts: np.ndarray, static: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """A permutation that depends only on the *multiset* of stays, never on their input order: (N,) int.
+def record_keys(values: np.ndarray, counts: np.ndarray, static: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Two exact hashes of each full record (values, counts, static, labels): (N, 2) float64.
 
-    Every seeded subsample and split is taken after this reordering, which makes all metrics invariant to the
-    order in which stays are given. The key is a fixed random projection of each full record (identical
-    records tie, which is harmless because they are interchangeable).
+    Each key is a fixed random projection summed per row in a fixed order, so equal records get bit-identical
+    keys wherever they sit in the array; unequal records collide with negligible probability. NaN is mapped to
+    a sentinel and -0.0 to 0.0 first.
     """
     n = len(values)
     parts = (values.reshape(n, -1), counts.reshape(n, -1), static, labels)
     rng = np.random.default_rng(20240607)
-    weights = [rng.standard_normal(p.shape[1]) for p in parts]
-    key = np.zeros(n)
-    # Row blocks bound memory; elementwise products summed per row are exact and independent of row position.
-    for lo in range(0, n, 1024):
+    weights = [rng.standard_normal((p.shape[1], 2)) for p in parts]
+    keys = np.zeros((n, 2))
+    # Row blocks bound memory; elementwise products summed per row are independent of the row's position.
+    for lo in range(0, n, 512):
         for p, w in zip(parts, weights, strict=True):
-            block = np.nan_to_num(p[lo:lo + 1024].astype(np.float64), nan=-7.0)
-            key[lo:lo + 1024] += (block * w).sum(axis=1)
-    return np.argsort(key, kind="stable")
+            block = np.ascontiguousarray(np.nan_to_num(p[lo:lo + 512].astype(np.float64), nan=-7.0) + 0.0)
+            for j in range(2):  # (B, P) * (P,) summed along the contiguous axis: the same order for every row
+                keys[lo:lo + 512, j] += (block * w[:, j]).sum(axis=1)
+    return keys
+
+
+def canonical_order(values: np.ndarray, counts: np.ndarray, static: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A permutation that depends only on the *multiset* of stays, never on their input order: (N,) int.
+
+    Every seeded subsample and split is taken after this reordering, which makes all metrics invariant to the
+    order in which stays are given. Records are sorted by their :func:`record_keys` (identical records tie, which
+    is harmless because they are interchangeable).
+    """
+    keys = record_keys(values, counts, static, labels)
+    return np.lexsort((keys[:, 1], keys[:, 0]))

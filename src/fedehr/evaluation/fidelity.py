@@ -160,7 +160,7 @@ def correlation_distance(real: np.ndarray, syn: np.ndarray) -> float:
 
 def forward_fill(values: np.ndarray) -> np.ndarray:
     """(N, T, F) -> (N, T, F): carry the last finite value forward in time; NaN before the first one."""
-    n, t, f = values.shape
+    t = values.shape[1]
     obs = np.isfinite(values)
     idx = np.where(obs, np.arange(t)[None, :, None], -1)
     idx = np.maximum.accumulate(idx, axis=1)  # (N, T, F) last observed bin so far

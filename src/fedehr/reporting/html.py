@@ -240,8 +240,13 @@ def context(*, evaluation: EvaluationLike, train: Cohort, test: Cohort, syntheti
     if fed is not None and not (isinstance(fed, dict) and all(isinstance(v, dict) for v in fed.values())):
         raise InputError("run_info['federated_evaluation'] must map site -> {metric: value}",
                          field="run_info.federated_evaluation", value=type(fed).__name__)
-    figs, notices = figures(train, synthetic, evaluation.artifacts or {}, rng)
     summary = summary_rows(metrics)
+    artifacts = evaluation.artifacts or {}
+    # Validate the artefacts before the (slower) figures so bad input fails fast.
+    plots.roc_curves(artifacts)
+    for key in ("dcr_syn_to_train", "dcr_syn_to_test"):
+        plots.artifact(artifacts, key)
+    figs, notices = figures(train, synthetic, artifacts, rng)
     return {
         "title": title, "version": __version__,
         "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),

@@ -48,13 +48,13 @@ def _encode(fig: MplFigure) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _grid(n: int, ncols: int = 8, w: float = 1.9, h: float = 1.5) -> tuple[MplFigure, list]:
+def _grid(n: int, ncols: int = 8, w: float = 1.9, h: float = 1.5, wspace: float = 0.15) -> tuple[MplFigure, list]:
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
     height = nrows * h + 0.6
     fig = MplFigure(figsize=(ncols * w, height))
     # A fixed layout: constrained layout costs about a second per 40-panel grid.
-    fig.subplots_adjust(left=0.02, right=0.99, bottom=0.45 / height, top=1 - 0.5 / height, wspace=0.15,
+    fig.subplots_adjust(left=0.03, right=0.99, bottom=0.45 / height, top=1 - 0.5 / height, wspace=wspace,
                         hspace=0.55)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
@@ -198,7 +198,7 @@ def trajectory_figures(real: Cohort, syn: Cohort) -> list[Figure]:
     out = []
     chunks = _chunks(len(keep))
     for i, idx in enumerate(chunks):
-        fig, axes = _grid(len(idx))
+        fig, axes = _grid(len(idx), w=2.0, wspace=0.4)
         for ax, k in zip(axes, idx, strict=True):
             spec = specs[keep[k]]
             ax.set_title(_label(spec), fontsize=7)

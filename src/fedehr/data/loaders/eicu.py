@@ -116,16 +116,20 @@ def _chunks(file: Path, wanted: tuple[str, ...], dtype: dict[str, object]) -> It
         raise InputError(f"malformed table: {e}", file=file, expected="the published eICU column types") from e
 
 
+def _table(file: Path, wanted: tuple[str, ...], dtype: dict[str, object]) -> pd.DataFrame:
+    """A whole (small) table with lower-case column names."""
+    cols = _columns(file, wanted)
+    try:
+        df = pd.read_csv(file, usecols=list(cols.values()), dtype={cols[k]: v for k, v in dtype.items()})
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
+        raise InputError(f"malformed table: {e}", file=file, expected="the published eICU column types") from e
+    return df.rename(columns={v: k for k, v in cols.items()})
+
+
 # ---- patient table -----------------------------------------------------------------------------------------
 def _patients(file: Path) -> pd.DataFrame:
-    cols = _columns(file, _PATIENT_COLS)
-    try:
-        p = pd.read_csv(file, usecols=list(cols.values()),
-                        dtype={cols["age"]: str, cols["gender"]: str, cols["unittype"]: str,
-                               cols["hospitaldischargestatus"]: str})
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise InputError(f"malformed table: {e}", file=file) from e
-    p = p.rename(columns={v: k for k, v in cols.items()})
+    p = _table(file, _PATIENT_COLS, {"patientunitstayid": "int64", "age": str, "gender": str, "unittype": str,
+                                     "hospitaldischargestatus": str, "hospitalid": "Int64"})
     dup = p["patientunitstayid"].duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
@@ -161,9 +165,9 @@ def stay_sites(patient: Path, site_by: str, hospital: Path | None = None) -> pd.
     patient = Path(patient)
     if not patient.is_file():
         raise InputError("eICU patient table not found", file=patient, field="patient")
-    cols = _columns(patient, ("patientunitstayid", "hospitalid", "unittype"))
-    p = pd.read_csv(patient, usecols=list(cols.values()), dtype={cols["unittype"]: str})
-    p = p.rename(columns={v: k for k, v in cols.items()}).drop_duplicates("patientunitstayid")
+    p = _table(patient, ("patientunitstayid", "hospitalid", "unittype"),
+               {"patientunitstayid": "int64", "hospitalid": "Int64", "unittype": str})
+    p = p.drop_duplicates("patientunitstayid")
     tables = {"hospital": Path(hospital)} if hospital is not None else find_tables(patient.parent)
     sites, _ = _sites(p, site_by, tables)
     return pd.Series(sites, index=p["patientunitstayid"].to_numpy(np.int64), name="site")
@@ -174,7 +178,8 @@ def _sites(p: pd.DataFrame, site_by: str, tables: dict[str, Path]) -> tuple[np.n
     if site_by == "none":
         return np.full(len(p), "all"), 0
     if site_by == "hospitalid":
-        return ("hospital" + p["hospitalid"].astype(str)).to_numpy(), 0
+        hid = p["hospitalid"]
+        return np.where(hid.isna(), "unknown", "hospital" + hid.astype(str)).astype(str), int(hid.isna().sum())
     if site_by == "unittype":
         s = p["unittype"].str.strip().replace("", np.nan)
         return s.fillna("unknown").to_numpy().astype(str), int(s.isna().sum())
@@ -182,9 +187,8 @@ def _sites(p: pd.DataFrame, site_by: str, tables: dict[str, Path]) -> tuple[np.n
         if "hospital" not in tables:
             raise InputError("sites by region need the hospital table", field="site_by", value=site_by,
                              expected="hospital.csv.gz beside patient.csv.gz")
-        cols = _columns(tables["hospital"], ("hospitalid", "region"))
-        h = pd.read_csv(tables["hospital"], usecols=list(cols.values()), dtype={cols["region"]: str})
-        h = h.rename(columns={v: k for k, v in cols.items()}).drop_duplicates("hospitalid")
+        h = _table(tables["hospital"], ("hospitalid", "region"), {"hospitalid": "Int64", "region": str})
+        h = h.dropna(subset=["hospitalid"]).drop_duplicates("hospitalid")
         region = p["hospitalid"].map(h.set_index("hospitalid")["region"].str.strip().replace("", np.nan))
         return region.fillna("unknown").to_numpy().astype(str), int(region.isna().sum())
     raise InputError("cannot split eICU into sites by this key", field="site_by", value=site_by,

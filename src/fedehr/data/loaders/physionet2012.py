@@ -217,10 +217,10 @@ def _parse(rec: _Records) -> pd.DataFrame:
         file, line = _where(rec, starts, int(df["row"][bad].iloc[0]))
         raise InputError("value is not a number", file=file, line=line, field="Value",
                          value=df["value"][bad].iloc[0], expected="a number")
-    for col in ("time", "param", "value"):
+    for col, title in (("time", "Time"), ("param", "Parameter"), ("value", "Value")):
         if df[col].isna().any():
             file, line = _where(rec, starts, int(df["row"][df[col].isna()].iloc[0]))
-            raise InputError("empty field", file=file, line=line, field=col.capitalize(), expected="a value")
+            raise InputError("empty field", file=file, line=line, field=title, expected="a value")
     df["hour"] = _hours(df["time"], rec, starts, df["row"])
     return df.drop(columns="time")
 
@@ -314,7 +314,10 @@ def _sites(site_by: str | None, desc: pd.DataFrame, stay_ids: np.ndarray, rec: _
            schema_site_by: str) -> tuple[np.ndarray, str]:
     if site_by is None and STAYS_FILE in rec.extras:
         where, raw = rec.extras[STAYS_FILE]
-        table = pd.read_csv(io.BytesIO(raw), dtype={"site": str})
+        try:
+            table = pd.read_csv(io.BytesIO(raw), dtype={"site": str})
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot parse the stays file: {e}", file=where) from e
         for col in ("RecordID", "site"):
             if col not in table.columns:
                 raise InputError("missing column", file=where, field=col, expected="RecordID,site")
@@ -333,6 +336,26 @@ def _sites(site_by: str | None, desc: pd.DataFrame, stay_ids: np.ndarray, rec: _
     icu = desc["ICUType"].to_numpy(dtype=np.float64)
     names = pd.Series(icu).map({float(k): v for k, v in ICU_SITES.items()}).fillna("unknown")
     return names.to_numpy().astype(str), "ICUType"
+
+
+def _grid(df: pd.DataFrame, schema: Schema, used: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Values and counts (N, T, F) from the schema's parameters outside descriptor rows.
+
+    -1 where it lies below a variable's valid range is PhysioNet's missing marker: skipped and counted."""
+    codes = pd.Categorical(df["param"], categories=schema.temporal_names).codes  # -1 = not temporal
+    is_event = (codes >= 0) & ~used
+    feat = codes[is_event].astype(np.int64)
+    value = df["value"].to_numpy()[is_event]
+    lo = np.array([s.valid_min for s in schema.temporal])
+    marker = (value == -1) & (lo[feat] > -1)
+    keep = ~marker
+    acc = GridAccumulator(schema, n)
+    acc.add(df["rec"].to_numpy()[is_event][keep], df["hour"].to_numpy()[is_event][keep], feat[keep], value[keep])
+    values, counts = acc.finish()
+    n_marker = np.bincount(feat[marker], minlength=len(schema.temporal))
+    report = {**acc.report(),
+              "missing_marker": {name: int(c) for name, c in zip(schema.temporal_names, n_marker, strict=True) if c}}
+    return values, counts, report
 
 
 def _schema(rec: _Records, hours: float, bin_hours: float) -> Schema:
@@ -357,9 +380,8 @@ def load(path: Path, *, hours: float = 48.0, bin_hours: float = 1.0, site_by: st
     out_where, out_raw = _find_outcomes(rec, outcomes)
     df = _parse(rec)
     n = len(rec.texts)
-    temporal = set(schema.temporal_names)
     desc_names = list(dict.fromkeys([*DESCRIPTORS, *schema.static_names]))
-    desc, used = _descriptors(df, desc_names, n, temporal)
+    desc, used = _descriptors(df, desc_names, n, set(schema.temporal_names))
 
     stem_ids = np.array([int(PurePosixPath(nm).name[:-4]) for nm in rec.names], dtype=np.int64)
     rid = desc["RecordID"].to_numpy(dtype=np.float64)
@@ -369,28 +391,15 @@ def load(path: Path, *, hours: float = 48.0, bin_hours: float = 1.0, site_by: st
         raise InputError("duplicate RecordID", file=rec.origin, field="RecordID",
                          value=int(stay_ids[dup.to_numpy()][0]), expected="one record per stay")
 
-    # Temporal events: schema parameters that are not descriptor rows; -1 is a missing marker below the range.
-    codes = pd.Categorical(df["param"], categories=schema.temporal_names).codes  # -1 = not temporal
-    is_event = (codes >= 0) & ~used
-    feat = codes[is_event].astype(np.int64)
-    value = df["value"].to_numpy()[is_event]
-    lo = np.array([s.valid_min for s in schema.temporal])
-    marker = (value == -1) & (lo[feat] > -1)
-    acc = GridAccumulator(schema, n)
-    acc.add(df["rec"].to_numpy()[is_event][~marker], df["hour"].to_numpy()[is_event][~marker], feat[~marker],
-            value[~marker])
-    values, counts = acc.finish()
-    unknown = df["param"][(codes < 0) & ~df["param"].isin(desc_names).to_numpy()].value_counts()
-
+    values, counts, grid_report = _grid(df, schema, used, n)
+    unknown = df["param"][~df["param"].isin([*schema.temporal_names, *desc_names]).to_numpy()].value_counts()
     static, static_drops = _static(schema, desc)
     labels = _labels(schema, stay_ids, (out_where, out_raw))
     sites, site_key = _sites(site_by, desc, stay_ids, rec, schema.site_by if SCHEMA_FILE in rec.extras else "")
     schema = replace(schema, site_by=site_key)
     report = {
-        **acc.report(),
+        **grid_report,
         "static_dropped_out_of_range": static_drops,
-        "missing_marker": {schema.temporal_names[f]: int(c)
-                           for f, c in enumerate(np.bincount(feat[marker], minlength=len(temporal))) if c},
         "unknown_parameters": {str(k): int(v) for k, v in unknown.items() if v},
         "records": n,
     }

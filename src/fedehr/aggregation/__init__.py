@@ -1,0 +1,1 @@
+"""Server-side aggregation maths, pure numpy: FedAvg, layer-wise neuron matching, distribution-aware weights."""

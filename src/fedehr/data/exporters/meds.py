@@ -1,0 +1,136 @@
+"""Export a cohort as a MEDS 0.4 dataset (Medical Event Data Standard) that MEDS tools and our loader read.
+
+Layout of ``out``::
+
+    data/0.parquet                    subject_id int64, time timestamp[us] (null = static), code string,
+                                      numeric_value float32, site string; one subject's rows contiguous,
+                                      static rows first, then by time
+    metadata/dataset.json             dataset_name, etl_name "fedehr", etl_version, meds_version, created_at,
+                                      description (says SYNTHETIC for synthetic cohorts), site_id_columns ["site"]
+    metadata/codes.parquet            code, description, parent_codes
+    metadata/subject_splits.parquet   subject_id, split (train / held_out)           only with ``splits``
+    metadata/fedehr_schema.json       the cohort's Schema (kinds, units, ranges) so any cohort round-trips
+    task_labels/<label>/0.parquet     MEDS label schema: subject_id, prediction_time, boolean_value
+
+Codes: a temporal feature's code is its name ("HR"), a static feature's is "STATIC//<name>" (null time),
+and every stay gets "ICU_ADMISSION" at time 0. Times are ``EPOCH`` (2000-01-01, a fixed synthetic date: real
+admission dates are never exported) + hours since admission. The subject id is the stay id (one ICU stay per
+subject). Labels are written as MEDS task labels with prediction_time = end of the observation window, because
+a cohort knows whether the patient died, not when (a MEDS_DEATH event would need an invented time).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fedehr.data.cohort import Cohort
+from fedehr.data.exporters.long import check_exportable, event_hours, expand_events
+from fedehr.io_utils import atomic_dir
+
+EPOCH = np.datetime64("2000-01-01T00:00:00", "us")
+ADMISSION_CODE = "ICU_ADMISSION"
+STATIC_PREFIX = "STATIC//"
+TASK_DIR = "task_labels"
+SCHEMA_FILE = "fedehr_schema.json"
+MEDS_VERSION = "0.4.1"
+SPLIT_NAMES = {"train": "train", "test": "held_out"}  # fedehr split -> MEDS split
+_US_PER_HOUR = 3_600_000_000
+
+
+def _timestamps(hours: np.ndarray) -> np.ndarray:
+    return EPOCH + np.round(hours * _US_PER_HOUR).astype(np.int64).astype("timedelta64[us]")
+
+
+def export(cohort: Cohort, out: Path, *, splits: np.ndarray | None = None, overwrite: bool = False) -> Path:
+    """Write ``cohort`` as a MEDS dataset into directory ``out``."""
+    from fedehr import __version__
+
+    out = Path(out)
+    check_exportable(cohort, splits)
+    schema = cohort.schema
+    n, s = cohort.static.shape
+
+    # Static rows (null time), one admission row per stay, then the measurements (sorted by stay then time).
+    st_n, st_j = np.nonzero(np.isfinite(cohort.static))
+    ev = expand_events(cohort)
+    stay = np.concatenate([st_n, np.arange(n), ev["stay"]])
+    static_codes = np.array([STATIC_PREFIX + name for name in schema.static_names] or [""], dtype=object)
+    temporal_codes = np.array(schema.temporal_names, dtype=object)
+    code = np.concatenate([static_codes[st_j], np.full(n, ADMISSION_CODE, dtype=object),
+                           temporal_codes[ev["feature"]]])
+    value = np.concatenate([cohort.static[st_n, st_j], np.full(n, np.nan, np.float32), ev["value"]])
+    when = np.concatenate([np.full(len(st_n), EPOCH), np.full(n, EPOCH), _timestamps(event_hours(cohort, ev))])
+    is_static = np.r_[np.ones(len(st_n), bool), np.zeros(n + len(ev["stay"]), bool)]
+    order = np.argsort(stay, kind="stable")
+    stay, code, value, when, is_static = stay[order], code[order], value[order], when[order], is_static[order]
+    data = pa.table({
+        "subject_id": pa.array(cohort.stay_ids[stay], pa.int64()),
+        "time": pa.array(when.astype(np.int64), pa.timestamp("us"), mask=is_static),
+        "code": pa.array(code, pa.string()),
+        "numeric_value": pa.array(value, pa.float32(), mask=np.isnan(value)),
+        "site": pa.array(cohort.sites[stay], pa.string()),
+    })
+
+    codes = [(ADMISSION_CODE, "ICU admission: time 0 of the stay", None)]
+    codes += [(f.name, f"{f.description or f.name} [{f.unit}] (fedehr temporal feature, {f.kind})", None)
+              for f in schema.temporal]
+    codes += [(STATIC_PREFIX + f.name, f"{f.description or f.name} [{f.unit}] (fedehr static feature, {f.kind})",
+               None) for f in schema.static]
+    codes_table = pa.table({"code": pa.array([c[0] for c in codes], pa.string()),
+                            "description": pa.array([c[1] for c in codes], pa.string()),
+                            "parent_codes": pa.array([c[2] for c in codes], pa.list_(pa.string()))})
+    synthetic = bool(cohort.meta.get("synthetic"))
+    source = schema.source or cohort.meta.get("source", "") or "unknown"
+    description = (
+        f"SYNTHETIC ICU time series generated by fedehr (schema source: {source}); no real patient's record."
+        if synthetic else
+        f"Real ICU time series exported by fedehr from source {source!r}: patient-level data, keep it under "
+        "the licence and data-use terms of that source."
+    ) + f" {schema.n_bins} bins of {schema.bin_hours} h from ICU admission; times count from {EPOCH} " \
+        "(a fixed date, not the real admission date)."
+    dataset = {
+        "dataset_name": str(cohort.meta.get("dataset_name") or f"fedehr-{source}{'-synthetic' if synthetic else ''}"),
+        "dataset_version": __version__,
+        "etl_name": "fedehr",
+        "etl_version": __version__,
+        "meds_version": MEDS_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "description": description,
+        "site_id_columns": ["site"],
+        "other_extension_columns": ["site"],
+    }
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "data").mkdir()
+        (tmp / "metadata").mkdir()
+        pq.write_table(data, tmp / "data" / "0.parquet")
+        pq.write_table(codes_table, tmp / "metadata" / "codes.parquet")
+        (tmp / "metadata" / "dataset.json").write_text(json.dumps(dataset, indent=2))
+        (tmp / "metadata" / SCHEMA_FILE).write_text(schema.to_json())
+        if splits is not None:
+            split = np.asarray(splits).astype(str)
+            meds_split = np.array([SPLIT_NAMES.get(x, x) for x in np.unique(split)])[np.unique(
+                split, return_inverse=True)[1]]
+            pq.write_table(pa.table({"subject_id": pa.array(cohort.stay_ids, pa.int64()),
+                                     "split": pa.array(meds_split, pa.string())}),
+                           tmp / "metadata" / "subject_splits.parquet")
+        prediction_time = pa.array(np.full(n, _timestamps(np.array([schema.hours]))[0]).astype(np.int64),
+                                   pa.timestamp("us"))
+        for j, name in enumerate(schema.labels):
+            y = cohort.labels[:, j]
+            known = np.isfinite(y)
+            cols = {"subject_id": pa.array(cohort.stay_ids[known], pa.int64()),
+                    "prediction_time": prediction_time.filter(pa.array(known))}
+            if np.isin(y[known], (0.0, 1.0)).all():
+                cols["boolean_value"] = pa.array(y[known] == 1.0, pa.bool_())
+            else:
+                cols["float_value"] = pa.array(y[known], pa.float32())
+            (tmp / TASK_DIR / name).mkdir(parents=True)
+            pq.write_table(pa.table(cols), tmp / TASK_DIR / name / "0.parquet")
+    return out

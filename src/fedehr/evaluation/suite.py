@@ -1,0 +1,527 @@
+"""The evaluation suite: the METRICS registry and ``evaluate(train, test, synthetic) -> Evaluation``.
+
+Each registered metric is a thin adapter ``fn(inputs) -> {"value": float | None, ...details}`` over the pure
+array functions in fidelity / discriminative / utility / privacy. Keys starting with "_" carry numpy arrays that
+``evaluate`` moves into ``Evaluation.artifacts``. See docs/metrics.md for definitions and thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedehr.data.cohort import Cohort
+from fedehr.errors import InputError
+from fedehr.evaluation import discriminative as disc
+from fedehr.evaluation import fidelity as fid
+from fedehr.evaluation import privacy as priv
+from fedehr.evaluation import utility as util
+from fedehr.evaluation.featurize import stat_columns, static_columns
+from fedehr.evaluation.inputs import Inputs, Settings
+
+FAMILIES = ("fidelity", "utility", "privacy")
+MIN_STAYS = 10
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One headline metric: how to compute it, its family, direction, best value and pass threshold."""
+
+    name: str
+    fn: Callable[[Inputs], Result]
+    family: str
+    direction: str  # "min" (lower is better) or "max" (higher is better)
+    best: float
+    threshold: float | None  # passed = value <= threshold ("min") or value >= threshold ("max")
+    description: str
+    gru: bool = False  # trains a GRU (skipped in fast mode)
+    per_site: bool = True  # recomputed on each site's real data (utility reports per site from the pooled run)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES or self.direction not in ("min", "max"):
+            raise ValueError(f"metric {self.name}: bad family/direction {self.family}/{self.direction}")
+
+    def passed(self, value: float | None) -> bool | None:
+        if value is None or self.threshold is None or not math.isfinite(value):
+            return None
+        return bool(value <= self.threshold) if self.direction == "min" else bool(value >= self.threshold)
+
+
+# ---- fidelity adapters -----------------------------------------------------------------------------------------
+
+
+def _nanmean(x: np.ndarray) -> float | None:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else None
+
+
+def _marginal(inp: Inputs, fn: Callable[[np.ndarray, np.ndarray], float]) -> Result:
+    """fn on standardised observed values of every numeric temporal and static feature."""
+    sch = inp.train.schema
+    per: dict[str, float] = {}
+    sc = inp.scalers
+    for j, spec in enumerate(sch.temporal):
+        if spec.kind == "numeric":
+            r, s = inp.train.values[:, :, j].ravel(), inp.syn.values[:, :, j].ravel()
+            r, s = r[np.isfinite(r)], s[np.isfinite(s)]
+            per[spec.name] = fn((r - sc.temporal.mean[j]) / sc.temporal.std[j],
+                                (s - sc.temporal.mean[j]) / sc.temporal.std[j])
+    for j, spec in enumerate(sch.static):
+        if spec.kind == "numeric":
+            r, s = inp.train.static[:, j], inp.syn.static[:, j]
+            r, s = r[np.isfinite(r)], s[np.isfinite(s)]
+            per[f"static:{spec.name}"] = fn((r - sc.static.mean[j]) / sc.static.std[j],
+                                            (s - sc.static.mean[j]) / sc.static.std[j])
+    return {"value": _nanmean(np.array(list(per.values()))), "per_feature": per}
+
+
+def _wasserstein(inp: Inputs) -> Result:
+    return _marginal(inp, fid.wasserstein_1d)
+
+
+def _ks(inp: Inputs) -> Result:
+    return _marginal(inp, fid.ks_1d)
+
+
+def _prevalence(inp: Inputs) -> Result:
+    sch, per = inp.train.schema, {}
+    for j, spec in enumerate(sch.temporal):
+        if spec.kind != "numeric":
+            r, s = inp.train.values[:, :, j].ravel(), inp.syn.values[:, :, j].ravel()
+            per[spec.name] = fid.category_gap(r[np.isfinite(r)], s[np.isfinite(s)], len(spec.categories) or 2)
+    for j, spec in enumerate(sch.static):
+        if spec.kind != "numeric":
+            r, s = inp.train.static[:, j], inp.syn.static[:, j]
+            per[f"static:{spec.name}"] = fid.category_gap(r[np.isfinite(r)], s[np.isfinite(s)],
+                                                          len(spec.categories) or 2)
+    out: Result = {"value": _nanmean(np.array(list(per.values()))), "per_feature": per}
+    if not per:
+        out["note"] = "the schema has no binary or categorical features"
+    return out
+
+
+def _missingness(inp: Inputs) -> Result:
+    names = inp.train.schema.temporal_names
+    fr, fs = fid.observed_fraction(inp.train.counts), fid.observed_fraction(inp.syn.counts)
+    gap = np.abs(fr - fs)
+    return {"value": float(gap.mean()), "per_feature": dict(zip(names, gap.tolist(), strict=True)),
+            "observed_real": dict(zip(names, fr.tolist(), strict=True)),
+            "observed_syn": dict(zip(names, fs.tolist(), strict=True))}
+
+
+def _meas_rate(inp: Inputs) -> Result:
+    names = inp.train.schema.temporal_names
+    mr, ms = fid.measurements_per_bin(inp.train.counts), fid.measurements_per_bin(inp.syn.counts)
+    gap = np.abs(mr - ms)
+    return {"value": _nanmean(gap), "per_feature": dict(zip(names, gap.tolist(), strict=True)),
+            "per_bin_real": dict(zip(names, mr.tolist(), strict=True)),
+            "per_bin_syn": dict(zip(names, ms.tolist(), strict=True))}
+
+
+def _dimension_vectors(inp: Inputs) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension means on the real training [1 %, 99 %] range of each feature (fidelity.dimension_means)."""
+    flat = inp.train.values.reshape(-1, inp.train.values.shape[-1]).astype(np.float64)
+    lo, hi = _nan_quantiles(flat, 0.01), _nan_quantiles(flat, 0.99)
+    st = inp.train.static.astype(np.float64)
+    slo, shi = _nan_quantiles(st, 0.01), _nan_quantiles(st, 0.99)
+    vec = lambda c: fid.dimension_means(c.values, c.counts, c.static, lo, hi, slo, shi)  # noqa: E731
+    return vec(inp.train), vec(inp.syn)
+
+
+def _nan_quantiles(x: np.ndarray, q: float) -> np.ndarray:
+    """Column quantile ignoring NaN: (N, D) -> (D,), 0 for empty columns (no warnings)."""
+    s = np.sort(x, axis=0)
+    n = np.isfinite(x).sum(axis=0)
+    pos = np.clip(np.floor(q * np.maximum(n - 1, 0)).astype(np.int64), 0, max(len(x) - 1, 0))
+    if len(x) == 0:
+        return np.zeros(x.shape[1])
+    return np.where(n > 0, np.take_along_axis(s, pos[None], axis=0)[0], 0.0)
+
+
+def _dimwise_r(inp: Inputs) -> Result:
+    r, s = _dimension_vectors(inp)
+    corr, rmse = fid.dimension_wise(r, s)
+    return {"value": None if math.isnan(corr) else corr, "rmse": rmse, "n_dims": len(r)}
+
+
+def _dimwise_rmse(inp: Inputs) -> Result:
+    r, s = _dimension_vectors(inp)
+    _, rmse = fid.dimension_wise(r, s)
+    return {"value": None if math.isnan(rmse) else rmse, "n_dims": len(r)}
+
+
+def _corr(inp: Inputs) -> Result:
+    sch = inp.train.schema
+    cols = np.concatenate([stat_columns(sch, "mean"), static_columns(sch)])
+    names = sch.temporal_names + [f"static:{n}" for n in sch.static_names]
+    val = fid.correlation_distance(inp.x_train[:, cols], inp.x_syn[:, cols])
+    return {"value": None if math.isnan(val) else val, "columns": names}
+
+
+def _autocorr(inp: Inputs) -> Result:
+    gap = fid.autocorrelation_gap(inp.train.values, inp.syn.values, inp.scalers.temporal)
+    return {"value": _nanmean(gap), "lags": [1, 2, 3, 4, 5, 6],
+            "per_feature": dict(zip(inp.train.schema.temporal_names, gap.tolist(), strict=True))}
+
+
+def _trajectory(inp: Inputs) -> Result:
+    gap = fid.trajectory_gap(inp.train.values, inp.syn.values, inp.scalers.temporal)
+    return {"value": _nanmean(gap), "per_feature": dict(zip(inp.train.schema.temporal_names, gap.tolist(),
+                                                              strict=True))}
+
+
+def _mmd(inp: Inputs) -> Result:
+    return {"value": fid.mmd_rbf(inp.z_train, inp.z_syn, inp.rng("mmd"), max_n=inp.settings.mmd_max_n),
+            "max_n": inp.settings.mmd_max_n}
+
+
+def _alpha(inp: Inputs) -> Result:
+    res = inp.alpha_beta
+    return {"value": res["alpha_precision"], "levels": res["levels"], "curve": res["precision_curve"]}
+
+
+def _beta(inp: Inputs) -> Result:
+    res = inp.alpha_beta
+    return {"value": res["beta_recall"], "levels": res["levels"], "curve": res["recall_curve"]}
+
+
+def _disc_gbm(inp: Inputs) -> Result:
+    return {"value": disc.discriminative_auroc_gbm(inp.x_train, inp.x_syn, inp.rng("disc_gbm"))}
+
+
+def _disc_gru(inp: Inputs) -> Result:
+    (xr, sr), (xs, ss) = inp.sequences(inp.train), inp.sequences(inp.syn)
+    return {"value": disc.discriminative_auroc_gru(xr, sr, xs, ss, inp.rng("disc_gru"),
+                                                    cfg=inp.settings.gru_discriminator)}
+
+
+# ---- utility adapters ------------------------------------------------------------------------------------------
+
+
+def _task(c: Cohort, x: np.ndarray, label: str) -> util.TaskData:
+    y = c.label(label)
+    keep = np.flatnonzero(np.isfinite(y))
+    return util.TaskData(x[keep], c.values[keep], c.counts[keep], c.static[keep], (y[keep] > 0.5).astype(np.int64),
+                         c.sites[keep])
+
+
+def _utility(model: str) -> Callable[[Inputs], Result]:
+    def fn(inp: Inputs) -> Result:
+        lab = inp.settings.label
+        res = util.tstr_trtr(model, _task(inp.train, inp.x_train, lab), _task(inp.test, inp.x_test, lab),
+                             _task(inp.syn, inp.x_syn, lab), inp.rng(f"utility_{model}"), n_boot=inp.settings.n_boot,
+                             gru=inp.settings.gru_utility)
+        roc = res.pop("_roc")
+        arts = {f"roc:{k}:{model}:{ax}": v[i] for k, v in roc.items() for i, ax in enumerate(("fpr", "tpr"))}
+        return {"value": res["pooled"].get("auroc_gap"), **res, "_artifacts": arts}
+
+    fn.__name__ = f"_utility_{model}"
+    return fn
+
+
+# ---- privacy adapters ------------------------------------------------------------------------------------------
+
+
+def _dcr(inp: Inputs) -> Result:
+    s = priv.dcr_summary(inp.d_syn_train[:, 0], inp.d_syn_test, inp.d_test_train[:, 0], len(inp.train),
+                         len(inp.test))
+    arts = {"dcr_syn_to_train": inp.d_syn_train[:, 0], "dcr_syn_to_test": inp.d_syn_test,
+            "dcr_test_to_train": inp.d_test_train[:, 0]}
+    return {"value": s["ratio"] if math.isfinite(s["ratio"]) else None, **s, "_artifacts": arts}
+
+
+def _closer(inp: Inputs) -> Result:
+    s = priv.dcr_summary(inp.d_syn_train[:, 0], inp.d_syn_test, inp.d_test_train[:, 0], len(inp.train),
+                         len(inp.test))
+    return {"value": s["closer_to_train_adjusted"], "raw_share": s["closer_to_train_share"],
+            "null_share": s["closer_to_train_null"]}
+
+
+def _nndr(inp: Inputs) -> Result:
+    if inp.d_syn_train.shape[1] < 2:
+        return {"value": None, "skipped": "needs >= 2 real training stays"}
+    return {"value": float(np.median(priv.nndr(inp.d_syn_train))),
+            "reference_test": float(np.median(priv.nndr(inp.d_test_train)))}
+
+
+def _exact(inp: Inputs) -> Result:
+    k_train = inp.keys(inp.train)
+    return {"value": priv.exact_match_rate(inp.keys(inp.syn), k_train),
+            "reference_test": priv.exact_match_rate(inp.keys(inp.test), k_train)}
+
+
+def _near(inp: Inputs) -> Result:
+    eps = float(np.quantile(priv.loo_nn_distances(inp.z_train), 0.05))
+    return {"value": priv.near_duplicate_rate(inp.d_syn_train[:, 0], eps), "epsilon": eps, "quantile": 0.05,
+            "reference_test": priv.near_duplicate_rate(inp.d_test_train[:, 0], eps)}
+
+
+def _membership(inp: Inputs) -> Result:
+    rng = inp.rng("membership")
+    m = min(len(inp.train), len(inp.test))
+    members = np.sort(rng.permutation(len(inp.train))[:m])
+    non = np.sort(rng.permutation(len(inp.test))[:m])
+    d_mem = priv.nn_distances(inp.z_train[members], inp.z_syn)[:, 0]
+    d_non = priv.nn_distances(inp.z_test[non], inp.z_syn)[:, 0]
+    return {"value": priv.membership_auc(d_mem, d_non), "n_members": m, "n_non_members": m}
+
+
+def _attribute(inp: Inputs) -> Result:
+    rng = inp.rng("attribute")
+    qi, qi_names = _quasi_identifiers(inp)
+    attrs = _hidden_attributes(inp)
+    n_t = min(len(inp.train), inp.settings.max_targets)
+    targets = np.sort(rng.permutation(len(inp.train))[:n_t])
+    m = min(len(inp.syn), len(inp.test))
+    i_syn, i_ref = np.sort(rng.permutation(len(inp.syn))[:m]), np.sort(rng.permutation(len(inp.test))[:m])
+    per: dict[str, Result] = {}
+    for name, (a_train, a_test, a_syn) in attrs.items():
+        ok_t, ok_s, ok_r = np.isfinite(a_train[targets]), np.isfinite(a_syn[i_syn]), np.isfinite(a_test[i_ref])
+        t_idx, s_idx, r_idx = targets[ok_t], i_syn[ok_s], i_ref[ok_r]
+        if min(len(t_idx), len(s_idx), len(r_idx)) == 0:
+            per[name] = {"skipped": "attribute unknown for all targets or records"}
+            continue
+        via_syn = priv.attribute_inference(qi[0][t_idx], a_train[t_idx], qi[2][s_idx], a_syn[s_idx])
+        via_ref = priv.attribute_inference(qi[0][t_idx], a_train[t_idx], qi[1][r_idx], a_test[r_idx])
+        per[name] = {"via_synthetic": via_syn, "via_holdout": via_ref,
+                     "risk_accuracy": via_syn["accuracy"] - via_ref["accuracy"],
+                     "risk_f1": via_syn["f1"] - via_ref["f1"]}
+    risks = [p["risk_accuracy"] for p in per.values() if "risk_accuracy" in p]
+    return {"value": max(risks) if risks else None, "quasi_identifiers": qi_names, "k": 1, "n_targets": n_t,
+            "database_size": m, "per_attribute": per}
+
+
+def _quasi_identifiers(inp: Inputs) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]:
+    """Standardised QI columns for (train, test, syn): static Age and Gender (else every static feature) and the
+    stay means of the three numeric temporal features most often observed in the real training data."""
+    sch = inp.train.schema
+    stat = [n for n in ("Age", "Gender") if n in sch.static_names] or list(sch.static_names)
+    obs = fid.observed_fraction(inp.train.counts)
+    numeric = [j for j, s in enumerate(sch.temporal) if s.kind == "numeric"]
+    top = sorted(numeric, key=lambda j: (-obs[j], j))[:3]
+    cols = np.r_[stat_columns(sch, "mean")[top], static_columns(sch)[[sch.static_index(n) for n in stat]]]
+    cols = cols.astype(np.int64)
+    names = [f"{sch.temporal[j].name}:mean" for j in top] + [f"static:{n}" for n in stat]
+    return (inp.z_train[:, cols], inp.z_test[:, cols], inp.z_syn[:, cols]), names
+
+
+def _hidden_attributes(inp: Inputs) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The outcome label and, when the schema has one, 'ever 1' of the first binary temporal feature."""
+    lab = inp.settings.label
+    ys = [c.label(lab) for c in (inp.train, inp.test, inp.syn)]
+    out = {lab: tuple(np.where(np.isfinite(y), (y > 0.5).astype(np.float64), np.nan) for y in ys)}
+    binary = [j for j, s in enumerate(inp.train.schema.temporal) if s.kind == "binary"]
+    if binary:
+        j = binary[0]
+        name = f"{inp.train.schema.temporal[j].name}:ever"
+        out[name] = tuple((np.nan_to_num(c.values[:, :, j], nan=0.0) > 0.5).any(axis=1).astype(np.float64)
+                          for c in (inp.train, inp.test, inp.syn))
+    return out  # type: ignore[return-value]
+
+
+# ---- the registry ----------------------------------------------------------------------------------------------
+
+METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    MetricSpec("wasserstein", _wasserstein, "fidelity", "min", 0.0, 0.1,
+               "mean per-feature Wasserstein-1 of standardised observed values (numeric temporal + static)"),
+    MetricSpec("ks", _ks, "fidelity", "min", 0.0, 0.1, "mean per-feature Kolmogorov-Smirnov statistic"),
+    MetricSpec("prevalence_gap", _prevalence, "fidelity", "min", 0.0, 0.05,
+               "mean total-variation gap of binary/categorical features (temporal observed values + static)"),
+    MetricSpec("missingness_gap", _missingness, "fidelity", "min", 0.0, 0.05,
+               "mean |observed fraction real - synthetic| over temporal features"),
+    MetricSpec("measurement_rate_gap", _meas_rate, "fidelity", "min", 0.0, 0.1,
+               "mean |measurements per observed bin, real - synthetic|"),
+    MetricSpec("dimension_wise_r", _dimwise_r, "fidelity", "max", 1.0, 0.9,
+               "Pearson r between per-dimension means of real and synthetic (EHRDiff/medGAN)"),
+    MetricSpec("dimension_wise_rmse", _dimwise_rmse, "fidelity", "min", 0.0, 0.05,
+               "RMSE between per-dimension means on the real [1 %, 99 %] range scale"),
+    MetricSpec("correlation_distance", _corr, "fidelity", "min", 0.0, 0.1,
+               "RMS gap between feature correlation matrices of per-stay means"),
+    MetricSpec("autocorrelation_gap", _autocorr, "fidelity", "min", 0.0, 0.1,
+               "mean |ACF gap| at lags 1-6 h of standardised forward-filled series"),
+    MetricSpec("trajectory_gap", _trajectory, "fidelity", "min", 0.0, 0.1,
+               "mean |hourly mean gap| of standardised values (real SD units)"),
+    MetricSpec("mmd", _mmd, "fidelity", "min", 0.0, 0.02,
+               "MMD^2 (RBF, median heuristic) between standardised per-stay summaries"),
+    MetricSpec("alpha_precision", _alpha, "fidelity", "max", 1.0, 0.8,
+               "integrated alpha-precision: synthetic stays fall in the real support (Alaa et al. 2022)"),
+    MetricSpec("beta_recall", _beta, "fidelity", "max", 1.0, 0.8,
+               "integrated beta-recall: the real support is covered by synthetic stays (Alaa et al. 2022)"),
+    MetricSpec("discriminative_gbm", _disc_gbm, "fidelity", "min", 0.5, 0.7,
+               "held-out AUROC of gradient boosting telling real from synthetic summaries (0.5 best)"),
+    MetricSpec("discriminative_gru", _disc_gru, "fidelity", "min", 0.5, 0.7,
+               "held-out AUROC of a GRU telling real from synthetic sequences (0.5 best)", gru=True),
+    MetricSpec("utility_logreg", _utility("logreg"), "utility", "max", 0.0, -0.05,
+               "TSTR - TRTR AUROC, logistic regression on summaries (0 = as useful as real)", per_site=False),
+    MetricSpec("utility_gbm", _utility("gbm"), "utility", "max", 0.0, -0.05,
+               "TSTR - TRTR AUROC, gradient boosting on summaries", per_site=False),
+    MetricSpec("utility_gru", _utility("gru"), "utility", "max", 0.0, -0.05,
+               "TSTR - TRTR AUROC, GRU on sequences", gru=True, per_site=False),
+    MetricSpec("dcr_ratio", _dcr, "privacy", "max", 1.0, 0.8,
+               "median DCR synthetic->train / median DCR test->train (~1 good, << 1 copying)"),
+    MetricSpec("dcr_closer_to_train", _closer, "privacy", "min", 0.5, 0.6,
+               "share of synthetic stays closer to train than to test, adjusted to equal set sizes (0.5 ideal)"),
+    MetricSpec("nndr", _nndr, "privacy", "max", 1.0, None,
+               "median nearest/second-nearest distance ratio of synthetic stays to train (compare the holdout)"),
+    MetricSpec("exact_duplicates", _exact, "privacy", "min", 0.0, 0.0,
+               "share of synthetic stays identical to a training stay (full record)"),
+    MetricSpec("near_duplicates", _near, "privacy", "min", 0.0, 0.1,
+               "share of synthetic stays within the 5 % quantile of train-train NN distances of a training stay"),
+    MetricSpec("membership_auc", _membership, "privacy", "min", 0.5, 0.6,
+               "AUROC of the distance-to-synthetic membership attack, train vs test (0.5 ideal)"),
+    MetricSpec("attribute_risk", _attribute, "privacy", "min", 0.0, 0.05,
+               "k-NN attribute inference accuracy via synthetic minus via held-out real data (worst attribute)"),
+)}
+
+
+# ---- evaluate ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """JSON-able ``metrics`` (summary / pooled / per_site / per_feature / settings) and numpy ``artifacts``."""
+
+    metrics: dict[str, Any]
+    artifacts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> list[dict[str, Any]]:
+        return self.metrics["summary"]
+
+
+def validate(train: Cohort, test: Cohort, synthetic: Cohort, label: str) -> None:
+    """Raise ONE InputError listing every incompatibility: schemas, sizes, labels, non-finite values."""
+    problems = [f"train vs {name}: {d}" for name, c in (("test", test), ("synthetic", synthetic))
+                for d in train.schema.differences(c.schema)]
+    if problems:
+        raise InputError("the real train, real test and synthetic cohorts do not share one schema: "
+                         + "; ".join(problems), field="schema", expected="identical features, grid and labels")
+    if label not in train.schema.labels:
+        raise InputError("unknown label", field="label", value=label, expected=" | ".join(train.schema.labels))
+    for name, c in (("train", train), ("test", test), ("synthetic", synthetic)):
+        if len(c) == 0:
+            problems.append(f"the {name} set is empty")
+            continue
+        if len(c) < MIN_STAYS:
+            problems.append(f"the {name} set has {len(c)} stays, fewer than {MIN_STAYS}")
+        y = c.label(label)
+        classes = np.unique(y[np.isfinite(y)] > 0.5)
+        if len(classes) < 2:
+            problems.append(f"label {label!r} in the {name} set has a single class "
+                            f"({'none known' if len(classes) == 0 else int(classes[0])})")
+        if np.isinf(c.values).any() or np.isinf(c.static).any():
+            problems.append(f"the {name} set holds infinite values")
+    if problems:
+        raise InputError("cannot evaluate: " + "; ".join(problems), field="cohorts",
+                         expected=f">= {MIN_STAYS} stays per set, both classes of {label!r}, finite values")
+
+
+def _run(spec: MetricSpec, inp: Inputs, artifacts: dict[str, np.ndarray] | None, timings: dict[str, float]
+         ) -> Result:
+    if spec.gru and inp.settings.fast:
+        return {"value": None, "skipped": "fast mode: GRU metrics are not computed"}
+    t0 = time.perf_counter()
+    res = spec.fn(inp)
+    timings[f"{inp.scope}/{spec.name}"] = round(time.perf_counter() - t0, 3)
+    arts = res.pop("_artifacts", {})
+    if artifacts is not None:
+        artifacts.update({k: np.asarray(v, dtype=np.float64) for k, v in arts.items()})
+    return res
+
+
+def _families(results: dict[str, Result]) -> dict[str, dict[str, Result]]:
+    out: dict[str, dict[str, Result]] = {f: {} for f in FAMILIES}
+    for name, res in results.items():
+        out[METRICS[name].family][name] = res
+    return out
+
+
+def _per_feature(pooled: dict[str, Result], inp: Inputs) -> dict[str, dict[str, float]]:
+    names = [*inp.train.schema.temporal_names, *(f"static:{n}" for n in inp.train.schema.static_names)]
+    table: dict[str, dict[str, float]] = {n: {} for n in names}
+    for metric in ("wasserstein", "ks", "prevalence_gap", "missingness_gap", "measurement_rate_gap",
+                   "autocorrelation_gap", "trajectory_gap"):
+        for feat, v in pooled.get(metric, {}).get("per_feature", {}).items():
+            table[feat][metric] = v
+    for key in ("observed_real", "observed_syn"):
+        for feat, v in pooled.get("missingness_gap", {}).get(key, {}).items():
+            table[feat][key] = v
+    return table
+
+
+def evaluate(train: Cohort, test: Cohort, synthetic: Cohort, *, seed: int = 0, label: str = "mortality",
+             per_site: bool = True, fast: bool = False) -> Evaluation:
+    """Fidelity, utility and privacy of ``synthetic`` against real ``train`` (what the generator saw) and real
+    held-out ``test``, pooled and for each site of ``test`` (against the shared, pooled synthetic set).
+
+    ``fast`` skips the GRU metrics and uses 50 bootstrap resamples and MMD on <= 1000 stays per set.
+    """
+    validate(train, test, synthetic, label)
+    settings = Settings(seed=seed, label=label, fast=fast, n_boot=50 if fast else 200,
+                        mmd_max_n=1000 if fast else 2000)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    artifacts: dict[str, np.ndarray] = {}
+    inp = Inputs.prepare(train, test, synthetic, settings)
+    pooled = {name: _run(spec, inp, artifacts, timings) for name, spec in METRICS.items()}
+    summary = [{"name": n, "family": s.family, "value": _clean(pooled[n].get("value")), "direction": s.direction,
+                "best": s.best, "threshold": s.threshold, "passed": s.passed(_clean(pooled[n].get("value"))),
+                "description": s.description} for n, s in METRICS.items()]
+    sites = _per_site(train, test, synthetic, inp, pooled, timings) if per_site else {}
+    metrics = {
+        "summary": summary,
+        "pooled": _families(pooled),
+        "per_site": sites,
+        "per_feature": _per_feature(pooled, inp),
+        "settings": {**settings.to_dict(), "per_site": per_site, "sizes": {
+            "train": len(train), "test": len(test), "synthetic": len(synthetic),
+            "train_by_site": {s: int((train.sites == s).sum()) for s in train.site_names},
+            "test_by_site": {s: int((test.sites == s).sum()) for s in test.site_names}},
+            "seconds": round(time.perf_counter() - t_start, 2), "timings": timings},
+    }
+    return Evaluation(metrics=_clean(metrics), artifacts=artifacts)
+
+
+def _per_site(train: Cohort, test: Cohort, syn: Cohort, pooled_inp: Inputs, pooled: dict[str, Result],
+              timings: dict[str, float]) -> dict[str, Any]:
+    """Each site of the real test data against the pooled synthetic set (scaled with the pooled real train)."""
+    out: dict[str, Any] = {}
+    for site in test.site_names:
+        tr, te = train.sites == site, test.sites == site
+        if tr.sum() < MIN_STAYS or te.sum() < MIN_STAYS:
+            out[site] = {"skipped": f"fewer than {MIN_STAYS} real train or test stays at this site",
+                         "n_train": int(tr.sum()), "n_test": int(te.sum())}
+            continue
+        inp = Inputs.prepare(train.subset(tr), test.subset(te), syn, pooled_inp.settings,
+                             scalers=pooled_inp.scalers, scope=f"site:{site}")
+        res = {n: _run(s, inp, None, timings) for n, s in METRICS.items() if s.per_site}
+        for n, s in METRICS.items():
+            if not s.per_site:
+                block = pooled[n].get("per_site", {}).get(site, {"skipped": "not computed"})
+                res[n] = {"value": block.get("auroc_gap"), **block}
+        out[site] = {"n_train": int(tr.sum()), "n_test": int(te.sum()), **_families(res)}
+    return out
+
+
+def _clean(o: Any) -> Any:
+    """JSON-able copy: numpy scalars/arrays to Python, NaN/inf to None."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    if isinstance(o, np.bool_ | bool):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, float | np.floating):
+        return float(o) if math.isfinite(o) else None
+    return o

@@ -1,0 +1,300 @@
+"""The server side round loop: drives a framework-free Workflow through a Flower Grid.
+
+1. wait until enough SuperNodes are connected, then a handshake maps node ids to site names (each ClientApp
+   answers the reserved ``fedehr_handshake`` task with its site and sizes);
+2. per round: one Message per mapped node with ``task.for_site(site)``, replies collected until all are in
+   or ``round_timeout_s`` passes; error replies, timeouts and offline nodes make a site *missing*;
+   ``workflow.receive(task, replies, missing)``;
+3. after every completed round the workflow state and the accounting are checkpointed (``RUN/state``);
+4. at the end ``workflow.save`` and ``RUN/metrics.json`` = {runtime accounting, workflow metrics, config}.
+
+Replies are pulled with ``push_messages`` / ``pull_messages`` rather than ``Grid.send_and_receive``: the
+same semantics (all replies or timeout), but the wait can be interrupted by a stop event (Ctrl-C, SIGTERM)
+and polls faster than the deployment grid's fixed 3 s.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fedehr.algorithms.protocol import Reply, Task, Workflow
+from fedehr.errors import FedEHRError, InputError
+from fedehr.federation import checkpoint
+from fedehr.federation.accounting import Accounting, RoundRecord, now_iso
+from fedehr.federation.records import (
+    HANDSHAKE,
+    MESSAGE_TYPE,
+    content_to_reply,
+    payload_bytes,
+    scalar_metrics,
+    task_to_content,
+)
+from fedehr.io_utils import atomic_file
+
+Progress = Callable[[str, dict[str, Any]], None]  # (event, info): "sites" | "round"
+MAX_ERROR_CHARS = 1500
+
+
+class Interrupted(FedEHRError):
+    """The run was stopped from outside (signal); the last completed round is checkpointed."""
+
+
+@dataclass(frozen=True)
+class DriveSettings:
+    run_dir: Path
+    kind: str                      # "simulation" | "deployment"
+    round_timeout_s: float
+    min_sites: int
+    expect_nodes: int              # wait for this many connected SuperNodes before the handshake
+    wait_s: float                  # ... at most this long
+    resume: bool = False
+    poll_s: float = 0.5
+    config: dict[str, Any] = field(default_factory=dict)   # resolved experiment config for metrics.json
+
+
+class Driver:
+    def __init__(self, grid: Grid, workflow: Workflow, settings: DriveSettings, *,
+                 progress: Progress | None = None, stop: threading.Event | None = None) -> None:
+        self.grid, self.workflow, self.s = grid, workflow, settings
+        self.progress = progress or (lambda event, info: None)
+        self.stop = stop or threading.Event()
+        self.node_site: dict[int, str] = {}
+        self.acct = Accounting(kind=settings.kind)
+
+    # ---- entry point ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) to the end; on any failure write ``RUN/FAILED`` and re-raise."""
+        try:
+            return self._run()
+        except BaseException as e:
+            mark_failed(self.s.run_dir, e)
+            raise
+
+    def _run(self) -> dict[str, Any]:
+        run_dir = self.s.run_dir
+        if (run_dir / "metrics.json").exists():
+            raise InputError("this run is already complete", file=run_dir / "metrics.json",
+                             expected="a new --out directory")
+        ckpt = checkpoint.load(run_dir)
+        if ckpt is not None and not self.s.resume:
+            raise InputError("the run directory holds a checkpoint of an unfinished run", file=run_dir,
+                             expected="--resume to continue it, or a new --out directory")
+        if ckpt is not None:
+            last, state, runtime = ckpt
+            self.workflow.load_state_dict(state)
+            self.acct = Accounting.from_dict(runtime)
+            if self.acct.next_round != last + 1:
+                raise InputError("checkpoint rounds disagree with its accounting", file=run_dir / "state")
+        self.acct.start_session(resumed=ckpt is not None)
+        t0 = time.perf_counter()
+        self._wait_for_nodes()
+        self._map_nodes()
+        self.acct.sessions[-1]["handshake_s"] = time.perf_counter() - t0
+        while (task := self.workflow.next_task()) is not None:
+            self._check_stop()
+            self._round(task)
+        return self._finish()
+
+    # ---- nodes ---------------------------------------------------------------------------------------
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted(f"run stopped after {self.acct.next_round} completed round(s); "
+                              "continue it with `fedehr train --resume`")
+
+    def _wait_for_nodes(self) -> None:
+        deadline = time.monotonic() + self.s.wait_s
+        while len(list(self.grid.get_node_ids())) < self.s.expect_nodes:
+            self._check_stop()
+            if time.monotonic() > deadline:
+                n = len(list(self.grid.get_node_ids()))
+                raise FedEHRError(f"only {n} of {self.s.expect_nodes} SuperNodes connected within "
+                                  f"{self.s.wait_s:.0f} s; check that every site is running `fedehr site`")
+            time.sleep(self.s.poll_s)
+
+    def _map_nodes(self) -> None:
+        """Handshake every connected node that has no site yet; refuse a second node claiming a site."""
+        online = set(self.grid.get_node_ids())
+        new = sorted(online - set(self.node_site))
+        if not new:
+            return
+        hello = Task(HANDSHAKE, label="handshake")
+        messages = [self._message(hello, node, str(self.acct.next_round)) for node in new]
+        replies, _ = self._exchange(messages)
+        answered: set[int] = set()
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            answered.add(node)
+            if msg.has_error():
+                self._handshake_failure(node, _error_text(msg))
+                continue
+            site = content_to_reply(msg.content).site
+            holder = next((n for n, s in self.node_site.items() if s == site), None)
+            if holder is not None and holder in online:
+                self._handshake_failure(node, f"site {site!r} is already served by node {holder}")
+                continue
+            if holder is not None:  # the site reconnected under a new node id
+                del self.node_site[holder]
+            self.node_site[node] = site
+        for node in set(new) - answered:
+            self._handshake_failure(node, f"no handshake reply within {self.s.round_timeout_s:.0f} s")
+        self.acct.node_sites = {str(n): s for n, s in self.node_site.items()}
+        self.progress("sites", {"sites": sorted(self.node_site.values())})
+        if len(self.node_site) < self.s.min_sites:
+            raise FedEHRError(f"only {len(self.node_site)} site(s) answered the handshake "
+                              f"({', '.join(sorted(self.node_site.values())) or 'none'}); "
+                              f"min_sites is {self.s.min_sites}. Failures: {self.acct.handshake_failures}")
+
+    def _handshake_failure(self, node: int, why: str) -> None:
+        self.acct.handshake_failures.append({"node_id": str(node), "session": self.acct.session,
+                                             "round": self.acct.next_round, "error": why})
+
+    # ---- one round -----------------------------------------------------------------------------------
+    def _message(self, task: Task, node: int, group: str) -> Message:
+        return self.grid.create_message(task_to_content(task), MESSAGE_TYPE, node, group,
+                                        ttl=float(self.s.round_timeout_s) + 30.0)
+
+    def _exchange(self, messages: list[Message]) -> tuple[list[Message], float]:
+        """Push, then pull until every reply is in or the round timeout passes (interruptible)."""
+        t0 = time.perf_counter()
+        waiting = set(self.grid.push_messages(messages))
+        out: list[Message] = []
+        deadline = time.monotonic() + self.s.round_timeout_s
+        while waiting and time.monotonic() < deadline:
+            self._check_stop()
+            got = list(self.grid.pull_messages(waiting))
+            out.extend(got)
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if waiting:
+                time.sleep(self.s.poll_s)
+        return out, time.perf_counter() - t0
+
+    def _round(self, task: Task) -> None:
+        r = self.acct.next_round
+        self._map_nodes()
+        online = set(self.grid.get_node_ids())
+        targets = {n: s for n, s in self.node_site.items() if n in online}
+        errors = {s: "SuperNode offline" for n, s in self.node_site.items() if n not in online}
+        messages, sent = [], {}
+        for node, site in targets.items():
+            msg = self._message(task.for_site(site), node, str(r))
+            sent[site] = payload_bytes(msg.content)
+            messages.append(msg)
+        started = now_iso()
+        raw, wall = self._exchange(messages)
+        replies, received = self._collect(raw, errors)
+        for site in targets.values():
+            if site not in received and site not in errors:
+                errors[site] = f"no reply within round_timeout_s={self.s.round_timeout_s:g}"
+        known = sorted(self.node_site.values())
+        missing = [s for s in known if s not in {rep.site for rep in replies}]
+        if len(replies) < self.s.min_sites:
+            raise FedEHRError(f"round {r} ({task.label or task.action}): only {len(replies)} site(s) replied, "
+                              f"min_sites is {self.s.min_sites}; errors: {errors}. The previous round is "
+                              "checkpointed: fix the sites and continue with --resume")
+        self.workflow.receive(task, replies, missing)
+        record = RoundRecord(round=r, label=task.label, action=task.action, session=self.acct.session,
+                             started_at=started, wall_s=wall, sites=sorted(targets.values()),
+                             replied=sorted(rep.site for rep in replies), missing=missing, errors=errors,
+                             bytes_sent=sent, bytes_received=received, metrics=_weighted_mean(replies))
+        self.acct.add_round(record)
+        checkpoint.save(self.s.run_dir, r, self.workflow.state_dict(), self.acct.to_dict())
+        self.progress("round", {**record.__dict__, "total": getattr(self.workflow, "total_rounds", None)})
+
+    def _collect(self, raw: Iterable[Message], errors: dict[str, str]) -> tuple[list[Reply], dict[str, int]]:
+        replies: list[Reply] = []
+        received: dict[str, int] = {}
+        for msg in raw:
+            site = self.node_site.get(msg.metadata.src_node_id)
+            if site is None:
+                continue
+            if msg.has_error():
+                errors[site] = _error_text(msg)
+                continue
+            received[site] = payload_bytes(msg.content)
+            reply = content_to_reply(msg.content)
+            if reply.site != site:
+                errors[site] = f"reply names site {reply.site!r} but the node was mapped to {site!r}"
+                continue
+            replies.append(reply)
+        return sorted(replies, key=lambda rep: rep.site), received
+
+    # ---- the end -------------------------------------------------------------------------------------
+    def _finish(self) -> dict[str, Any]:
+        """Final artefacts into a temporary folder first, moved in; metrics.json last marks completion."""
+        run_dir = self.s.run_dir
+        tmp = run_dir / ".final-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.workflow.save(tmp)
+        for entry in tmp.iterdir():
+            target = run_dir / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            entry.replace(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        metrics = {"runtime": self.acct.summary(), "workflow": _jsonable(self.workflow.metrics()),
+                   "config": self.s.config}
+        with atomic_file(run_dir / "metrics.json") as fh:
+            json.dump(metrics, fh, indent=2)
+        checkpoint.clear(run_dir)
+        (run_dir / "FAILED").unlink(missing_ok=True)
+        return metrics
+
+
+def _error_text(msg: Message) -> str:
+    err = msg.error
+    text = f"error code {err.code}: {err.reason}"
+    return text if len(text) <= MAX_ERROR_CHARS else "..." + text[-MAX_ERROR_CHARS:]
+
+
+def _weighted_mean(replies: list[Reply]) -> dict[str, float]:
+    """Per metric, the mean over replies weighted by num_examples (plain mean when all weights are 0)."""
+    keys = sorted({k for rep in replies for k in scalar_metrics(rep.metrics)})
+    out = {}
+    for k in keys:
+        pairs = [(scalar_metrics(rep.metrics)[k], rep.num_examples) for rep in replies
+                 if k in scalar_metrics(rep.metrics)]
+        v, w = np.array(pairs, dtype=np.float64).T
+        out[k] = float(np.average(v, weights=w) if w.sum() > 0 else v.mean())
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def mark_failed(run_dir: Path, error: BaseException) -> None:
+    """Leave ``RUN/FAILED`` (what went wrong, how to continue) next to the checkpoint of the last round."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        last = checkpoint.load(run_dir)
+        done = "no round completed" if last is None else f"rounds 0..{last[0]} completed and checkpointed"
+        text = (f"{now_iso()} {type(error).__name__}: {error}\n{done}; continue with "
+                f"`fedehr train --resume --out {run_dir}`\n\n"
+                + "".join(traceback.format_exception(error)))
+        with atomic_file(run_dir / "FAILED") as fh:
+            fh.write(text)
+    except Exception:  # never mask the original error
+        pass

@@ -1,0 +1,223 @@
+"""Cohort ⇄ network tensors: the per-hour input x_t, static conditioning s, label code y, and their inverse.
+
+Per hour (F temporal features, F = F_num + F_bin + F_cat, C_j categories of categorical feature j)::
+
+    x_t = [ z_num (F_num) | v_bin (F_bin) | onehot_cat (Σ C_j) | m_t (F) ]        D = F_num + F_bin + Σ C_j + F
+
+z_num are normalised numeric values (fedehr.data.transforms.Normaliser, NaN → 0), v_bin binary values
+(NaN → 0), m_t the observation mask, ordered numeric, binary, categorical so every block is contiguous.
+Decoder heads use the same layout: numeric means, binary logits, categorical logits, mask logits.
+The static vector s (S features) has the same four blocks, its last block marking *observed* static values.
+Labels y (L) are coded as [y with NaN → 0 | known (L)] so stays with an unknown outcome can still train.
+
+``heads_loss`` is the reconstruction negative log-likelihood shared by the autoencoder, the direct TCVAE and
+the TCVAE's static head; ``sample_heads`` draws from it and ``to_arrays`` turns draws back into Cohort arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F_
+
+from fedehr.data.cohort import Cohort
+from fedehr.data.schema import FeatureSpec, Schema
+from fedehr.data.transforms import Normaliser
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Column layout of one feature group (temporal or static)."""
+
+    num: tuple[int, ...]        # original feature indices of numeric features
+    bin: tuple[int, ...]
+    cat: tuple[int, ...]
+    cat_sizes: tuple[int, ...]  # C_j per categorical feature
+
+    @classmethod
+    def of(cls, specs: tuple[FeatureSpec, ...]) -> Blocks:
+        idx = {k: tuple(i for i, s in enumerate(specs) if s.kind == k) for k in ("numeric", "binary", "categorical")}
+        return cls(idx["numeric"], idx["binary"], idx["categorical"],
+                   tuple(len(specs[i].categories) for i in idx["categorical"]))
+
+    @property
+    def n(self) -> int:
+        return len(self.num) + len(self.bin) + len(self.cat)
+
+    @property
+    def order(self) -> np.ndarray:
+        """Original feature index of each mask column (numeric, binary, categorical)."""
+        return np.array(self.num + self.bin + self.cat, dtype=np.int64)
+
+    @property
+    def width(self) -> int:
+        return len(self.num) + len(self.bin) + sum(self.cat_sizes) + self.n
+
+    # Slices of the four blocks.
+    @property
+    def s_num(self) -> slice:
+        return slice(0, len(self.num))
+
+    @property
+    def s_bin(self) -> slice:
+        return slice(len(self.num), len(self.num) + len(self.bin))
+
+    @property
+    def s_cat(self) -> slice:
+        a = len(self.num) + len(self.bin)
+        return slice(a, a + sum(self.cat_sizes))
+
+    @property
+    def s_mask(self) -> slice:
+        return slice(self.width - self.n, self.width)
+
+
+@dataclass(frozen=True)
+class Layout:
+    temporal: Blocks
+    static: Blocks
+    n_labels: int
+    n_bins: int
+
+    @classmethod
+    def of(cls, schema: Schema) -> Layout:
+        return cls(Blocks.of(schema.temporal), Blocks.of(schema.static), len(schema.labels), schema.n_bins)
+
+    @property
+    def x_dim(self) -> int:
+        return self.temporal.width
+
+    @property
+    def s_dim(self) -> int:
+        return self.static.width
+
+    @property
+    def y_dim(self) -> int:
+        return 2 * self.n_labels
+
+
+# ---- encoding (numpy, vectorised over stays and hours) ------------------------------------------------------
+def _encode_group(raw: np.ndarray, z: np.ndarray, observed: np.ndarray, b: Blocks) -> np.ndarray:
+    """raw/z/observed (..., n) → (..., width) float32 in block layout."""
+    parts = [np.nan_to_num(z[..., list(b.num)], nan=0.0), np.nan_to_num(raw[..., list(b.bin)], nan=0.0)]
+    for j, c in zip(b.cat, b.cat_sizes, strict=True):
+        code = raw[..., j]
+        ok = np.isfinite(code)
+        parts.append((np.where(ok, code, -1)[..., None] == np.arange(c)).astype(np.float32))  # (..., C_j)
+    parts.append(observed[..., b.order].astype(np.float32))
+    return np.concatenate(parts, axis=-1).astype(np.float32)
+
+
+def encode_temporal(values: np.ndarray, counts: np.ndarray, normaliser: Normaliser, layout: Layout) -> np.ndarray:
+    """(N, T, F) values + counts → x (N, T, D) float32."""
+    return _encode_group(values, normaliser.transform(values), counts > 0, layout.temporal)
+
+
+def encode_static(static: np.ndarray, normaliser: Normaliser, layout: Layout) -> np.ndarray:
+    """(N, S) raw static → s (N, S_enc) float32 (observed indicators in the last block)."""
+    return _encode_group(static, normaliser.transform_static(static), np.isfinite(static), layout.static)
+
+
+def encode_labels(labels: np.ndarray) -> np.ndarray:
+    """(N, L) labels with NaN = unknown → (N, 2L) [y | known]."""
+    known = np.isfinite(labels)
+    return np.concatenate([np.where(known, labels, 0.0), known], axis=1).astype(np.float32)
+
+
+def encode_cohort(cohort: Cohort, normaliser: Normaliser) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x (N, T, D), s (N, S_enc), y (N, 2L))."""
+    layout = Layout.of(cohort.schema)
+    return (encode_temporal(cohort.values, cohort.counts, normaliser, layout),
+            encode_static(cohort.static, normaliser, layout), encode_labels(cohort.labels))
+
+
+# ---- reconstruction likelihood (torch) ---------------------------------------------------------------------
+def heads_loss(out: torch.Tensor, target: torch.Tensor, b: Blocks, *, lambda_num: float = 1.0,
+               lambda_bin: float = 1.0, lambda_cat: float = 1.0, lambda_mask: float = 1.0
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-example negative log-likelihood of ``target`` under head outputs ``out`` (both (B, ..., width)).
+
+    Sums over all non-batch elements: masked squared error of numeric values, masked BCE of binary values,
+    masked CE of categorical values, BCE of the mask. Returns ((B,) total, {part: (B,)}).
+    """
+    m = target[..., b.s_mask]  # (B, ..., n) observed
+    n_num, n_bin = len(b.num), len(b.bin)
+    dims = tuple(range(1, out.dim()))
+    parts: dict[str, torch.Tensor] = {}
+    if n_num:
+        err = (out[..., b.s_num] - target[..., b.s_num]) ** 2
+        parts["num"] = (err * m[..., :n_num]).sum(dims)
+    if n_bin:
+        bce = F_.binary_cross_entropy_with_logits(out[..., b.s_bin], target[..., b.s_bin], reduction="none")
+        parts["bin"] = (bce * m[..., n_num:n_num + n_bin]).sum(dims)
+    if b.cat:
+        ce = torch.zeros_like(m[..., 0])
+        a = b.s_cat.start
+        for j, c in enumerate(b.cat_sizes):  # loop over categorical features (few)
+            logits, onehot = out[..., a:a + c], target[..., a:a + c]
+            ce = ce + (-(F_.log_softmax(logits, dim=-1) * onehot).sum(-1)) * m[..., n_num + n_bin + j]
+            a += c
+        parts["cat"] = ce.sum(dims[:-1]) if ce.dim() > 1 else ce
+    parts["mask"] = F_.binary_cross_entropy_with_logits(out[..., b.s_mask], m, reduction="none").sum(dims)
+    lam = {"num": lambda_num, "bin": lambda_bin, "cat": lambda_cat, "mask": lambda_mask}
+    total = sum(lam[k] * v for k, v in parts.items())
+    return total, parts  # type: ignore[return-value]
+
+
+# ---- sampling (torch) and decoding back to cohort arrays ---------------------------------------------------
+def _draw(p: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+    if mode == "threshold":
+        return p > 0.5
+    return torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p
+
+
+def sample_heads(out: torch.Tensor, b: Blocks, *, generator: torch.Generator | None, mask_mode: str = "bernoulli",
+                 binary_mode: str = "bernoulli") -> dict[str, torch.Tensor]:
+    """Draw from head outputs (..., width): num (normalised), bin (0/1), cat (codes), observed (bool, mask order)."""
+    draws = {"num": out[..., b.s_num], "bin": _draw(torch.sigmoid(out[..., b.s_bin]), binary_mode, generator)}
+    codes = []
+    a = b.s_cat.start
+    for c in b.cat_sizes:
+        logits = out[..., a:a + c]
+        if binary_mode == "threshold":
+            codes.append(logits.argmax(-1))
+        else:  # Gumbel-max draw, vectorised over stays and hours
+            u = torch.rand(logits.shape, generator=generator, device=out.device).clamp_(1e-12, 1.0)
+            codes.append((logits - torch.log(-torch.log(u))).argmax(-1))
+        a += c
+    draws["cat"] = torch.stack(codes, -1) if codes else out.new_zeros((*out.shape[:-1], 0), dtype=torch.long)
+    draws["observed"] = _draw(torch.sigmoid(out[..., b.s_mask]), mask_mode, generator)
+    return draws
+
+
+def draws_to_encoding(d: dict[str, torch.Tensor], b: Blocks) -> torch.Tensor:
+    """Drawn values back into the block layout (to feed generated static features into the decoder)."""
+    obs = d["observed"].to(d["num"].dtype)
+    n_num, n_bin = len(b.num), len(b.bin)
+    parts = [d["num"] * obs[..., :n_num], d["bin"].to(obs.dtype) * obs[..., n_num:n_num + n_bin]]
+    for j, c in enumerate(b.cat_sizes):
+        parts.append(F_.one_hot(d["cat"][..., j], c).to(obs.dtype) * obs[..., n_num + n_bin + j, None])
+    parts.append(obs)
+    return torch.cat(parts, -1)
+
+
+def to_arrays(d: dict[str, torch.Tensor], b: Blocks, inverse) -> np.ndarray:  # noqa: ANN001
+    """Draws → (..., n) float32 raw values in schema order, NaN where not observed.
+
+    ``inverse`` is Normaliser.inverse_transform (temporal) or .inverse_transform_static.
+    """
+    shape = (*d["observed"].shape[:-1], b.n)
+    z = np.zeros(shape, dtype=np.float32)
+    if b.num:
+        z[..., list(b.num)] = d["num"].float().cpu().numpy()
+    if b.bin:
+        z[..., list(b.bin)] = d["bin"].float().cpu().numpy()
+    if b.cat:
+        z[..., list(b.cat)] = d["cat"].float().cpu().numpy()
+    raw = inverse(z)
+    observed = np.empty(shape, dtype=bool)
+    observed[..., b.order] = d["observed"].cpu().numpy()
+    raw[~observed] = np.nan
+    return raw

@@ -1,0 +1,136 @@
+"""Stage 2: temporal conditional VAE (network + objective + sampler; no loop, no I/O).
+
+Sequence-level latent u ∈ R^U, conditioned on the outcome code y (N, 2L) and static features s (N, S_enc):
+
+    q_φ(u | h_{1:T}, y, s) = N(μ, diag σ²)       BiGRU over [h_t; e_y; s] → mean-pool over t → Linear → (μ, log σ²)
+    p_θ(s | u, y)                                MLP [u; e_y] → static heads (encoding.Blocks layout)
+    p_θ(h_{1:T} | u, y, s)                       non-autoregressive: GRU over [u; e_y; s; τ_t], h₀ = tanh(W[u; e_y; s])
+    p(u) = N(0, I),  e_y = W_y y,  τ_t learned per-bin time embedding
+
+Negative ELBO per stay (β annealed by the caller through batch["beta"]):
+    L = Σ_t ||h_t − ĥ_t||² / (2σ_h²) + λ_s NLL(s | ŝ) + β KL(q(u|·) || N(0, I))       (latent mode)
+In "direct" mode (the fedavg-direct baseline, no autoencoder) h_t is the data-space x_t and the first term is
+the mixed-type head likelihood of fedehr.models.encoding.heads_loss. Sampling feeds all T steps at once, so
+it costs one GRU pass per batch (no per-step Python loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fedehr.config import AEConfig, TCVAEConfig
+from fedehr.models.encoding import Layout, draws_to_encoding, heads_loss, sample_heads
+
+Objective = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class TCVAE(nn.Module):
+    def __init__(self, x_dim: int, out_dim: int, s_dim: int, y_dim: int, n_bins: int, cfg: TCVAEConfig) -> None:
+        super().__init__()
+        e, h, u = cfg.cond_dim, cfg.hidden, cfg.latent
+        self.latent, self.layers, self.hidden, self.s_dim = u, cfg.layers, h, s_dim
+        self.emb_y = nn.Linear(y_dim, e)
+        self.enc_rnn = nn.GRU(x_dim + e + s_dim, h, cfg.layers, batch_first=True, bidirectional=True)
+        self.enc_out = nn.Linear(2 * h, 2 * u)
+        self.static_dec = nn.Sequential(nn.Linear(u + e, h), nn.ReLU(), nn.Linear(h, max(s_dim, 1)))
+        self.time = nn.Parameter(torch.zeros(n_bins, cfg.time_dim))
+        self.dec_init = nn.Linear(u + e + s_dim, cfg.layers * h)
+        self.dec_rnn = nn.GRU(u + e + s_dim + cfg.time_dim, h, cfg.layers, batch_first=True)
+        self.dec_out = nn.Linear(h, out_dim)
+
+    def encode(self, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, X), s (B, S), y (B, Y) → μ, log σ² (B, U)."""
+        b, t, _ = x.shape
+        cond = torch.cat([self.emb_y(y), s], -1)                      # (B, E+S)
+        o, _ = self.enc_rnn(torch.cat([x, cond[:, None].expand(b, t, -1)], -1))  # (B, T, 2H)
+        mu, logvar = self.enc_out(o.mean(1)).chunk(2, -1)             # (B, U) each
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def decode_static(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(B, U), (B, Y) → static head outputs (B, S_enc)."""
+        return self.static_dec(torch.cat([u, self.emb_y(y)], -1))[:, : self.s_dim]
+
+    def decode(self, u: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """(B, U), (B, Y), (B, S) → per-step outputs (B, T, out_dim)."""
+        b = u.shape[0]
+        c = torch.cat([u, self.emb_y(y), s], -1)                      # (B, U+E+S)
+        h0 = torch.tanh(self.dec_init(c)).view(b, self.layers, self.hidden).transpose(0, 1).contiguous()
+        t = self.time.shape[0]
+        inp = torch.cat([c[:, None].expand(b, t, -1), self.time[None].expand(b, t, -1)], -1)  # (B, T, ·)
+        o, _ = self.dec_rnn(inp, h0)                                  # (B, T, H)
+        return self.dec_out(o)
+
+
+def build_tcvae(cfg: TCVAEConfig, layout: Layout, *, x_dim: int) -> TCVAE:
+    """x_dim = d (latent mode) or layout.x_dim (direct mode); outputs have the same width as inputs."""
+    return TCVAE(x_dim, x_dim, layout.s_dim, layout.y_dim, layout.n_bins, cfg)
+
+
+def objective(cfg: TCVAEConfig, layout: Layout, *, mode: str, ae: AEConfig | None = None) -> Objective:
+    """Per-stay negative ELBO; batch has x (B, T, X), s (B, S), y (B, Y) and scalar beta."""
+    if mode not in ("latent", "direct"):
+        raise ValueError(f"unknown TCVAE mode {mode!r}")
+    ae = ae or AEConfig()
+
+    def loss(model: TCVAE, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+        x, s, y = batch["x"], batch["s"], batch["y"]
+        mu, logvar = model.encode(x, s, y)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        u = mu + torch.exp(0.5 * logvar) * eps                        # reparameterisation, (B, U)
+        out = model.decode(u, y, s)                                   # teacher-forced static s
+        if mode == "latent":
+            rec = ((out - x) ** 2).sum((1, 2)) / (2.0 * cfg.sigma**2)
+        else:
+            rec, _ = heads_loss(out, x, layout.temporal, lambda_num=ae.lambda_num, lambda_bin=ae.lambda_bin,
+                                lambda_cat=ae.lambda_cat, lambda_mask=ae.lambda_mask)
+        if model.s_dim:
+            rec_s, _ = heads_loss(model.decode_static(u, y), s, layout.static)
+        else:
+            rec_s = torch.zeros_like(rec)
+        kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(1)       # KL(q || N(0, I)), (B,)
+        beta = float(batch.get("beta", cfg.beta))
+        total = rec + cfg.lambda_static * rec_s + beta * kl
+        return total, {"rec": rec, "static": rec_s, "kl": kl}
+
+    return loss
+
+
+@torch.no_grad()
+def posterior_moments(model: TCVAE, batches) -> tuple[torch.Tensor, torch.Tensor, int]:  # noqa: ANN001
+    """Aggregate posterior moments over a site's stays: m = mean μ, v = mean(σ² + μ²) − m² (U,) each, and n."""
+    s1 = s2 = None
+    n = 0
+    for batch in batches:
+        mu, logvar = model.encode(batch["x"], batch["s"], batch["y"])
+        a, b = mu.sum(0), (logvar.exp() + mu**2).sum(0)
+        s1, s2 = (a, b) if s1 is None else (s1 + a, s2 + b)
+        n += mu.shape[0]
+    if s1 is None:
+        raise ValueError("no data for posterior moments")
+    m = s1 / n
+    return m, (s2 / n - m**2).clamp_min(1e-8), n
+
+
+@torch.no_grad()
+def sample(model: TCVAE, layout: Layout, y: torch.Tensor, *, generator: torch.Generator | None,
+           mask_mode: str = "bernoulli", binary_mode: str = "bernoulli",
+           static_hook: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Ancestral sample for label codes y (B, Y): u ~ N(0, I), s ~ p(s|u,y), outputs of p(h|u,y,s).
+
+    ``static_hook`` may edit the static draws (e.g. to condition on a given age) before they feed the
+    sequence decoder. Returns (sequence outputs (B, T, X), static draws).
+    """
+    u = torch.randn((y.shape[0], model.latent), generator=generator, device=y.device)
+    if model.s_dim:
+        draws = sample_heads(model.decode_static(u, y), layout.static, generator=generator, mask_mode=mask_mode,
+                             binary_mode=binary_mode)
+        if static_hook is not None:
+            draws = static_hook(draws)
+        s = draws_to_encoding(draws, layout.static)
+    else:
+        draws, s = {}, u.new_zeros((u.shape[0], 0))
+    return model.decode(u, y, s), draws
