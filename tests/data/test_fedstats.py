@@ -16,8 +16,8 @@ from fedehr.data.fedstats import FeatureStats, histogram_edges, merge, schema_ed
 from fedehr.data.schema import FeatureSpec, Schema
 from fedehr.errors import InputError
 
-EXACT = ("n_stays", "count", "min", "max", "count_pos", "hist", "edges", "n_measurements", "stays_observed",
-         "label_known", "label_positive", "n_temporal")
+EXACT = ("n_stays", "count", "min", "max", "log_origin", "count_log", "hist", "edges", "n_measurements",
+         "stays_observed", "label_known", "label_positive", "n_temporal")
 MOMENTS = ("mean", "m2", "m3", "mean_log", "m2_log")
 
 
@@ -44,11 +44,12 @@ def test_site_stats_match_numpy(tiny_cohort: Cohort) -> None:
     np.testing.assert_allclose(s.std, [x.std() for x in cols])
     np.testing.assert_array_equal(s.min, [x.min() for x in cols])
     np.testing.assert_array_equal(s.hist.sum(axis=1), s.count)
-    lactate = cols[tiny_cohort.schema.temporal_index("Lactate")]
-    pos = lactate[lactate > 0]
     j = tiny_cohort.schema.temporal_index("Lactate")
-    assert s.count_pos[j] == len(pos)
-    assert s.mean_log[j] == pytest.approx(np.log(pos).mean())
+    lactate = cols[j]  # valid range [0, 40]: log origin a = 0 - 40 / 1000
+    assert s.log_origin[j] == pytest.approx(-0.04) and np.isnan(s.log_origin[4])  # binary MechVent: no log
+    assert s.count_log[j] == len(lactate) and s.mean_log[j] == pytest.approx(np.log(lactate + 0.04).mean())
+    tiny_cohort.values[0, tiny_cohort.counts[0, :, j] > 0, j] = -1.0  # below the valid range: not on the log scale
+    assert site_stats(tiny_cohort).count_log[j] == len(lactate) - (tiny_cohort.counts[0, :, j] > 0).sum() > 0
     np.testing.assert_array_equal(s.n_measurements[:5], tiny_cohort.counts.sum(axis=(0, 1)))
     assert s.label_positive[0] == 10 and s.label_known[0] == 40 and s.prevalence[0] == pytest.approx(0.25)
 

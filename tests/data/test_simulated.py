@@ -107,6 +107,7 @@ def test_deterioration_before_death(cohort: Cohort) -> None:
 def test_mortality_is_learnable_from_48h_summaries(cohort: Cohort) -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
+    from threadpoolctl import threadpool_limits
 
     v = cohort.values
     last_t = np.where(cohort.mask, np.arange(v.shape[1])[None, :, None], -1).max(axis=1)  # (N, F)
@@ -114,7 +115,8 @@ def test_mortality_is_learnable_from_48h_summaries(cohort: Cohort) -> None:
     last[last_t < 0] = np.nan
     x = np.concatenate([np.nanmean(v, axis=1), last, cohort.static], axis=1)
     y = cohort.label()
-    clf = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, random_state=0).fit(x[:1000], y[:1000])
+    with threadpool_limits(1):  # OpenMP threads oversubscribe a busy 2-core CI box
+        clf = HistGradientBoostingClassifier(max_iter=50, random_state=0).fit(x[:1000], y[:1000])
     auc = roc_auc_score(y[1000:], clf.predict_proba(x[1000:])[:, 1])
     assert auc > 0.75
 
@@ -156,6 +158,7 @@ def test_grid_options_and_single_site() -> None:
 
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"heterogeneity": 1.5}, "heterogeneity"),
+    ({"heterogeneity": "high"}, "heterogeneity"),
     ({"n_sites": 0}, "n_sites"),
     ({"n_stays": 3, "n_sites": 4}, "n_sites"),
     ({"seed": -1}, "seed"),

@@ -43,22 +43,34 @@ def fake_evaluation(n_syn: int, *, with_artifacts: bool = True) -> FakeEvaluatio
         "roc:trtr:logreg:fpr": fpr, "roc:trtr:logreg:tpr": fpr**0.3,
     }
     summary = [
-        {"name": "discriminative_auroc", "family": "fidelity", "value": 0.6234, "direction": "min", "best": 0.5,
+        {"name": "discriminative_gbm", "family": "fidelity", "value": 0.6234, "direction": "min", "best": 0.5,
          "threshold": 0.7, "passed": True, "description": "AUROC of a classifier separating real from synthetic."},
-        {"name": "tstr_auroc", "family": "utility", "value": 0.7112, "direction": "max", "best": 1.0,
-         "threshold": 0.75, "passed": False, "description": "Train on synthetic, test on real: mortality AUROC."},
-        {"name": "membership_auc", "family": "privacy", "value": 0.512, "direction": "min", "best": 0.5,
-         "threshold": None, "passed": None, "description": "Membership-inference attack AUC."},
+        {"name": "utility_logreg", "family": "utility", "value": -0.0712, "direction": "max", "best": 0.0,
+         "threshold": -0.05, "passed": False, "description": "TSTR - TRTR AUROC with logistic regression."},
+        {"name": "nndr", "family": "privacy", "value": 0.912, "direction": "max", "best": 1.0,
+         "threshold": None, "passed": None, "description": "Nearest/second-nearest distance ratio."},
     ]
+
+    def util(gap: float, tstr: float, trtr: float) -> dict[str, Any]:
+        return {"value": gap, "n": 10, "tstr": {"auroc": tstr, "auroc_ci": [0.1, 0.9]}, "trtr": {"auroc": trtr}}
+
+    # The structure fedehr.evaluation.suite.evaluate produces: {family: {metric: {"value": ..., details}}}.
     return FakeEvaluation(
         metrics={
             "summary": summary,
-            "pooled": {"fidelity": {"discriminative_auroc": 0.6234}, "utility": {"tstr_auroc": 0.7112},
-                       "privacy": {"membership_auc": 0.512}},
+            "pooled": {"fidelity": {"discriminative_gbm": {"value": 0.6234}},
+                       "utility": {"utility_logreg": {"value": -0.0712, "pooled": {"tstr": {"auroc": 0.7},
+                                                                                    "trtr": {"auroc": 0.7712}}}},
+                       "privacy": {"nndr": {"value": 0.912, "reference_test": 0.95}}},
             "per_site": {
-                "site0": {"fidelity": {"discriminative_auroc": 0.61}, "utility": {"tstr_auroc": 0.70},
-                          "privacy": {"membership_auc": 0.52}},
-                "site1": {"fidelity": {"discriminative_auroc": 0.655}, "utility": {"tstr_auroc": 0.731}},
+                "site0": {"n_train": 20, "n_test": 10, "fidelity": {"discriminative_gbm": {"value": 0.61}},
+                          "utility": {"utility_logreg": util(-0.05, 0.7, 0.75)},
+                          "privacy": {"nndr": {"value": 0.9}}},
+                "site1": {"n_train": 20, "n_test": 10, "fidelity": {"discriminative_gbm": {"value": 0.655}},
+                          "utility": {"utility_logreg": util(-0.1, 0.62, 0.72)},
+                          "privacy": {"nndr": {"value": None, "skipped": "needs >= 2 real training stays"}}},
+                "site2": {"skipped": "fewer than 10 real train or test stays at this site", "n_train": 3,
+                          "n_test": 1},
             },
             "per_feature": {"HR": {"wasserstein": 0.11}, "MAP": {"wasserstein": 0.23}},
             "settings": {"fast": True, "seed": 0},
@@ -168,21 +180,27 @@ def test_summary_comes_first_with_arrows_thresholds_and_badges(report: tuple[Pat
     assert text.index('id="per-site-table"') < text.index("<img")
     rows = table_rows(text, "summary-table")
     assert rows[0] == ["metric", "family", "value", "better", "best possible", "threshold", "result"]
-    assert rows[1] == ["discriminative_auroc", "fidelity", "0.6234", "↓ lower is better", "0.5", "≤ 0.7", "pass"]
-    assert rows[2] == ["tstr_auroc", "utility", "0.7112", "↑ higher is better", "1", "≥ 0.75", "fail"]
-    assert rows[3] == ["membership_auc", "privacy", "0.512", "↓ lower is better", "0.5", "—", "n/a"]
+    assert rows[1] == ["discriminative_gbm", "fidelity", "0.6234", "↓ lower is better", "0.5", "≤ 0.7", "pass"]
+    assert rows[2] == ["utility_logreg", "utility", "-0.0712", "↑ higher is better", "0", "≥ -0.05", "fail"]
+    assert rows[3] == ["nndr", "privacy", "0.912", "↑ higher is better", "1", "—", "n/a"]
     assert "1 passed, 1 failed, 1 without a threshold" in text
 
 
 def test_per_site_table_lists_every_site_and_metric(report: tuple[Path, str]) -> None:
+    """Site facts first, then every metric's value per site and pooled, TSTR/TRTR AUROC, skip reasons."""
     rows = table_rows(report[1], "per-site-table")
-    assert rows[0] == ["metric", "site0", "site1", "pooled"]
-    body = {r[0]: r[1:] for r in rows[1:]}
-    assert body == {
-        "fidelity.discriminative_auroc": ["0.61", "0.655", "0.6234"],
-        "utility.tstr_auroc": ["0.7", "0.731", "0.7112"],
-        "privacy.membership_auc": ["0.52", "—", "0.512"],  # site1 reported no privacy metric
-    }
+    assert rows[0] == ["family", "metric", "site0", "site1", "site2", "pooled"]
+    skip = "fewer than 10 real train or test stays at this site"
+    assert rows[1:] == [
+        ["", "n_train", "20", "20", "3", "—"],
+        ["", "n_test", "10", "10", "1", "—"],
+        ["", "skipped", "—", "—", skip, "—"],
+        ["fidelity", "discriminative_gbm", "0.61", "0.655", "—", "0.6234"],
+        ["utility", "utility_logreg", "-0.05", "-0.1", "—", "-0.0712"],
+        ["utility", "utility_logreg · tstr AUROC", "0.7", "0.62", "—", "0.7"],
+        ["utility", "utility_logreg · trtr AUROC", "0.75", "0.72", "—", "0.7712"],
+        ["privacy", "nndr", "0.9", "skipped: needs &gt;= 2 real training stays", "—", "0.912"],
+    ]
 
 
 def test_run_info_and_federated_evaluation_are_shown(report: tuple[Path, str]) -> None:
@@ -190,13 +208,14 @@ def test_run_info_and_federated_evaluation_are_shown(report: tuple[Path, str]) -
     run = dict(map(tuple, table_rows(text, "run-table")))
     assert run == {"method": "fedavg", "training time": "93.0 s (1.6 min)", "bytes communicated": "12.00 MiB"}
     assert table_rows(text, "rounds-table") == [["round", "loss"], ["1", "1.25"], ["2", "0.875"]]
-    assert table_rows(text, "federated-table") == [["metric", "site0", "site1"], ["disc_auroc", "0.58", "0.66"]]
+    assert table_rows(text, "federated-table") == [["family", "metric", "site0", "site1"],
+                                                   ["", "disc_auroc", "0.58", "0.66"]]
 
 
 def test_definitions_link_from_summary_and_marking(report: tuple[Path, str]) -> None:
     text = report[1]
-    assert '<a href="#def-tstr_auroc">tstr_auroc</a>' in text
-    assert re.search(r'<dt id="def-tstr_auroc">.*?</dt>\s*<dd>Train on synthetic, test on real', text, re.S)
+    assert '<a href="#def-utility_logreg">utility_logreg</a>' in text
+    assert re.search(r'<dt id="def-utility_logreg">.*?</dt>\s*<dd>TSTR - TRTR AUROC', text, re.S)
     assert f"synthetic data evaluation — generated by fedehr {__version__}" in text
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", text)
     assert "My &lt;b&gt;run&lt;/b&gt;" in text and "<b>run</b>" not in text  # autoescaped
@@ -274,3 +293,16 @@ def test_pairwise_corr_matches_pairwise_complete_pearson() -> None:
 def test_stay_means_ignore_missing_bins() -> None:
     v = np.array([[[1.0, np.nan], [3.0, np.nan]], [[np.nan, 2.0], [np.nan, 4.0]]])  # (N=2, T=2, F=2)
     np.testing.assert_array_equal(plots.stay_means(v), [[2.0, np.nan], [np.nan, 3.0]])
+
+
+def test_report_of_a_real_evaluation(tmp_path: Path, cohorts: Cohorts) -> None:
+    """End to end with fedehr.evaluation: every headline metric, every site and the artefact figures appear."""
+    suite = pytest.importorskip("fedehr.evaluation.suite", reason="fedehr.evaluation is not installed")
+    c = cohorts
+    ev = suite.evaluate(c.train, c.test, c.synthetic, seed=0, fast=True)
+    text = render(tmp_path / "r.html", c, evaluation=ev)
+    names = [r[0] for r in table_rows(text, "summary-table")[1:]]
+    assert names == [r["name"] for r in ev.metrics["summary"]]
+    assert table_rows(text, "per-site-table")[0] == ["family", "metric", "site0", "site1", "pooled"]
+    assert text.count("<img") == 8 and "Not shown" not in text
+    assert 'id="fig-dcr"' in text and 'id="fig-roc"' in text

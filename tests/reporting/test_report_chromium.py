@@ -69,7 +69,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     m = re.search(r'data-images-ok="(\d+)/(\d+)"', dom)
     assert m, "the load probe never ran: " + dom[:500]
     assert (int(m.group(1)), int(m.group(2))) == (n_imgs, n_imgs)
-    assert 'id="summary-table"' in dom and "discriminative_auroc" in dom
+    assert 'id="summary-table"' in dom and "discriminative_gbm" in dom
 
     # The untouched report paints: a non-trivial screenshot.
     shot = tmp_path / "shot.png"

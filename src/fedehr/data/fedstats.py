@@ -2,17 +2,20 @@
 
 Each site computes :func:`site_stats` on its own cohort; the server combines them with :func:`merge`. The
 result equals the statistics of the pooled cohort: exactly for counts, minima, maxima and histograms, and up
-to floating-point rounding for the moments, which are merged with the pairwise-update formulas of
-Chan, Golub & LeVeque (1979) generalised to K parts (Pébay 2008, eqs. 2.1 and 2.2):
+to floating-point rounding for the moments, which are merged with the parallel-update formulas of
+Chan, Golub & LeVeque (1979), written for K parts at once, with Pébay (2008) for the third moment:
 
     n = sum_k n_k,  mean = sum_k n_k mean_k / n,  d_k = mean_k - mean
     M2 = sum_k (M2_k + n_k d_k^2),  M3 = sum_k (M3_k + 3 d_k M2_k + n_k d_k^3)
 
 Histograms use fixed edges derived from the schema's valid ranges alone (:func:`histogram_edges`), so all
-sites bin identically without seeing each other's data. Statistics cover the per-bin values of temporal
-features (bins with a measurement) and the non-missing static values; features are ordered temporal first,
-then static, as in the schema. :meth:`FeatureStats.to_arrays` gives plain numpy arrays for Flower
-ArrayRecords.
+sites bin identically without seeing each other's data. Moments of log(x - a) are kept too, with an origin
+a = valid_min - (valid_max - valid_min) / 1000 also fixed by the schema (:func:`log_origin`), so a skewed lab
+can be log-normalised with statistics every site can compute in advance; every valid value has x - a > 0.
+
+Statistics cover the per-bin values of temporal features (bins with a measurement) and the non-missing static
+values; features are ordered temporal first, then static, as in the schema. :meth:`FeatureStats.to_arrays`
+gives plain numpy arrays for Flower ArrayRecords.
 """
 
 from __future__ import annotations
@@ -64,6 +67,15 @@ def histogram_edges(spec: FeatureSpec, n_bins: int = N_BINS) -> np.ndarray:
     return np.sinh(np.linspace(np.arcsinh(lo), np.arcsinh(hi), n_bins + 1))
 
 
+def log_origin(spec: FeatureSpec) -> float:
+    """Origin a of the log scale log(x - a) of a numeric feature with a finite valid range [lo, hi]:
+    a = lo - (hi - lo) / 1000 (the log1p-spacing constant of :func:`histogram_edges`); NaN otherwise."""
+    lo, hi = spec.valid_min, spec.valid_max
+    if spec.kind != "numeric" or not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        return float("nan")
+    return lo - (hi - lo) / _LOG_SPAN
+
+
 def schema_edges(schema: Schema, n_bins: int = N_BINS) -> np.ndarray:
     """(F + S, n_bins + 1) edges of every temporal then static feature."""
     return np.stack([histogram_edges(s, n_bins) for s in (*schema.temporal, *schema.static)])
@@ -74,8 +86,9 @@ class FeatureStats:
     """Mergeable aggregates of D = F + S features (temporal first) and L labels. All fields are arrays.
 
     count (D,) observed values; mean, m2, m3 (D,) mean and 2nd/3rd central moment sums of them;
-    min, max (D,) (+inf / -inf when a feature is never observed); count_pos, mean_log, m2_log (D,) count and
-    moments of log(x) over the values x > 0 (for log-normalising skewed labs); hist (D, B) counts on the fixed
+    min, max (D,) (+inf / -inf when a feature is never observed); log_origin (D,) the schema-fixed origin a
+    (NaN: no log scale); count_log, mean_log, m2_log (D,) count and moments of log(x - a) over values x > a
+    (for log-normalising skewed labs); hist (D, B) counts on the fixed
     edges (D, B + 1); n_measurements (D,) measurements recorded (sum of counts for temporal features, values
     for static ones); stays_observed (D,) stays with at least one value; n_stays (1,), n_temporal (1,);
     label_known, label_positive (L,) stays with a known label and with label 1.
@@ -89,7 +102,8 @@ class FeatureStats:
     m3: np.ndarray
     min: np.ndarray
     max: np.ndarray
-    count_pos: np.ndarray
+    log_origin: np.ndarray
+    count_log: np.ndarray
     mean_log: np.ndarray
     m2_log: np.ndarray
     hist: np.ndarray
@@ -104,8 +118,8 @@ class FeatureStats:
         b = self.hist.shape[1] if self.hist.ndim == 2 else -1
         shapes = {"n_stays": (1,), "n_temporal": (1,), "hist": (d, b), "edges": (d, b + 1),
                   "label_positive": self.label_known.shape}
-        for name in ("mean", "m2", "m3", "min", "max", "count_pos", "mean_log", "m2_log", "n_measurements",
-                     "stays_observed"):
+        for name in ("mean", "m2", "m3", "min", "max", "log_origin", "count_log", "mean_log", "m2_log",
+                     "n_measurements", "stays_observed"):
             shapes[name] = (d,)
         for name, shape in shapes.items():
             if getattr(self, name).shape != shape:
@@ -140,7 +154,7 @@ class FeatureStats:
     @property
     def var_log(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.count_pos > 0, self.m2_log / self.count_pos, np.nan)
+            return np.where(self.count_log > 0, self.m2_log / self.count_log, np.nan)
 
     @property
     def prevalence(self) -> np.ndarray:
@@ -185,7 +199,7 @@ class FeatureStats:
             raise InputError("feature statistics have the wrong arrays", field="arrays",
                              value={"missing": sorted(missing), "unknown": sorted(unknown)},
                              expected=", ".join(sorted(names)))
-        ints = {"n_stays", "n_temporal", "count", "count_pos", "hist", "n_measurements", "stays_observed",
+        ints = {"n_stays", "n_temporal", "count", "count_log", "hist", "n_measurements", "stays_observed",
                 "label_known", "label_positive"}
         return cls(**{n: np.asarray(arrays[n], dtype=np.int64 if n in ints else np.float64) for n in names})
 
@@ -208,8 +222,9 @@ def site_stats(cohort: Cohort, *, n_bins: int = N_BINS) -> FeatureStats:
     f, s = len(schema.temporal), len(schema.static)
     d = f + s
     acc = {k: np.zeros(d, dtype=np.float64) for k in ("mean", "m2", "m3", "mean_log", "m2_log")}
-    cnt = {k: np.zeros(d, dtype=np.int64) for k in ("count", "count_pos", "n_measurements", "stays_observed")}
+    cnt = {k: np.zeros(d, dtype=np.int64) for k in ("count", "count_log", "n_measurements", "stays_observed")}
     lo, hi = np.full(d, np.inf), np.full(d, -np.inf)
+    origin = np.array([log_origin(sp) for sp in (*schema.temporal, *schema.static)])
     hist = np.zeros((d, n_bins), dtype=np.int64)
     for j in range(d):
         if j < f:
@@ -223,8 +238,9 @@ def site_stats(cohort: Cohort, *, n_bins: int = N_BINS) -> FeatureStats:
             cnt["n_measurements"][j] = cnt["stays_observed"][j] = int(ok.sum())
         x = col[ok].astype(np.float64)
         cnt["count"][j], acc["mean"][j], acc["m2"][j], acc["m3"][j] = _moments(x)
-        pos = x[x > 0]
-        cnt["count_pos"][j], acc["mean_log"][j], acc["m2_log"][j], _ = _moments(np.log(pos))
+        if np.isfinite(origin[j]):
+            shifted = x[x > origin[j]] - origin[j]
+            cnt["count_log"][j], acc["mean_log"][j], acc["m2_log"][j], _ = _moments(np.log(shifted))
         if len(x):
             lo[j], hi[j] = x.min(), x.max()
             b = np.clip(np.searchsorted(edges[j], x, side="right") - 1, 0, n_bins - 1)
@@ -233,7 +249,8 @@ def site_stats(cohort: Cohort, *, n_bins: int = N_BINS) -> FeatureStats:
     return FeatureStats(
         n_stays=np.array([len(cohort)], dtype=np.int64), n_temporal=np.array([f], dtype=np.int64),
         count=cnt["count"], mean=acc["mean"], m2=acc["m2"], m3=acc["m3"], min=lo, max=hi,
-        count_pos=cnt["count_pos"], mean_log=acc["mean_log"], m2_log=acc["m2_log"], hist=hist, edges=edges,
+        log_origin=origin, count_log=cnt["count_log"], mean_log=acc["mean_log"], m2_log=acc["m2_log"], hist=hist,
+        edges=edges,
         n_measurements=cnt["n_measurements"], stays_observed=cnt["stays_observed"],
         label_known=np.isfinite(labels).sum(axis=0).astype(np.int64),
         label_positive=(labels == 1).sum(axis=0).astype(np.int64),
@@ -261,7 +278,8 @@ def merge(stats: list[FeatureStats]) -> FeatureStats:
     for i, s in enumerate(stats[1:], start=1):
         if (s.n_features != first.n_features or s.hist.shape != first.hist.shape
                 or int(s.n_temporal[0]) != int(first.n_temporal[0]) or s.label_known.shape != first.label_known.shape
-                or not np.array_equal(s.edges, first.edges)):
+                or not np.array_equal(s.edges, first.edges)
+                or not np.array_equal(s.log_origin, first.log_origin, equal_nan=True)):
             raise InputError("site statistics come from different schemas", field=f"stats[{i}]",
                              expected="the same features, valid ranges, histogram bins and labels at every site")
 
@@ -269,10 +287,11 @@ def merge(stats: list[FeatureStats]) -> FeatureStats:
         return np.stack([getattr(s, name) for s in stats])
 
     n, mean, m2, m3 = _merge_moments(stack("count"), stack("mean"), stack("m2"), stack("m3"))
-    n_pos, mean_log, m2_log, _ = _merge_moments(stack("count_pos"), stack("mean_log"), stack("m2_log"), None)
+    n_log, mean_log, m2_log, _ = _merge_moments(stack("count_log"), stack("mean_log"), stack("m2_log"), None)
     return FeatureStats(
         n_stays=stack("n_stays").sum(axis=0), n_temporal=first.n_temporal.copy(), count=n, mean=mean, m2=m2,
-        m3=m3, min=stack("min").min(axis=0), max=stack("max").max(axis=0), count_pos=n_pos, mean_log=mean_log,
+        m3=m3, min=stack("min").min(axis=0), max=stack("max").max(axis=0), log_origin=first.log_origin.copy(),
+        count_log=n_log, mean_log=mean_log,
         m2_log=m2_log, hist=stack("hist").sum(axis=0), edges=first.edges.copy(),
         n_measurements=stack("n_measurements").sum(axis=0), stays_observed=stack("stays_observed").sum(axis=0),
         label_known=stack("label_known").sum(axis=0), label_positive=stack("label_positive").sum(axis=0),

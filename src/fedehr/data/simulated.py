@@ -127,7 +127,8 @@ class _Hospitals:
                     "severity_shift": round(float(self.severity_shift[k]), 4),
                     "mortality_shift_logodds": round(float(self.mortality_shift[k]), 4),
                     "charting_shift_logit": round(float(self.charting_shift[k]), 4),
-                    "missing_shift_logit": round(float(self.missing_shift[k]), 4)}
+                    "missing_shift_logit": round(float(self.missing_shift[k]), 4),
+                    "ventilation_threshold_shift": round(float(self.vent_shift[k]), 4)}
                 for k, n in enumerate(names)}
 
 
@@ -142,6 +143,7 @@ def load(path: Path | None = None, *, hours: float = 48, bin_hours: float = 1, s
     """Generate a SIMULATED cohort of ``n_stays`` ICU stays from ``n_sites`` hospitals (deterministic in seed).
 
     ``heterogeneity`` in [0, 1] scales every between-hospital difference (0 = identical hospitals).
+    Sites are "hospital-1".."hospital-K" (``site_by="hospital"``, the default) or one site "all" ("none").
     """
     if unknown:
         raise InputError("unknown option for the simulated source", field=", ".join(sorted(unknown)),
@@ -157,7 +159,10 @@ def load(path: Path | None = None, *, hours: float = 48, bin_hours: float = 1, s
     if n_sites > n_stays:
         raise InputError("more hospitals than stays", field="n_sites", value=n_sites,
                          expected=f"at most n_stays = {n_stays}")
-    h = float(heterogeneity)  # type: ignore[arg-type]
+    try:
+        h = float(heterogeneity)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        h = float("nan")
     if not 0.0 <= h <= 1.0:
         raise InputError("heterogeneity out of range", field="heterogeneity", value=heterogeneity,
                          expected="a number in [0, 1]")
@@ -201,7 +206,7 @@ def _hospitals(rng: np.random.Generator, k: int, h: float) -> _Hospitals:
     # z are drawn whatever h is, so changing heterogeneity rescales the same hospitals.
     return _Hospitals(
         size_weight=np.exp(0.6 * h * _spread(rng, k)),
-        age_shift=0.0 * h * _spread(rng, k),
+        age_shift=7.0 * h * _spread(rng, k),
         severity_shift=0.45 * h * _spread(rng, k),
         mortality_shift=0.45 * h * _spread(rng, k),
         charting_shift=0.8 * h * _spread(rng, k),
@@ -354,7 +359,7 @@ def _values(rng: np.random.Generator, schema: Schema, hosp: _Hospitals, site: np
     noise = rng.standard_normal((n, t, v), dtype=np.float32)
     sd_m = np.array([p.sd_m for p in _PHYS], dtype=np.float32)
     c_all = np.stack([c_of[p.name] for p in _PHYS], axis=2)  # (N, T, V)
-    z += sd_m * noise / np.sqrt(np.maximum(c_all, 1)).astype(np.float32)
+    z += sd_m * noise / np.sqrt(np.maximum(c_all, 1), dtype=np.float32)
     for p in _PHYS:
         if p.log:
             z[:, :, idx[p.name]] = np.exp(z[:, :, idx[p.name]])

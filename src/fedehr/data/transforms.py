@@ -1,14 +1,16 @@
 """Feature normalisation agreed by all sites: z-scores from merged federated statistics, log for skewed labs.
 
-Numeric feature j is mapped to z = (g_j(x) - m_j) / s_j, where g_j is the identity or the natural log and
-m_j, s_j are the mean and standard deviation of g_j(x) over all sites (fedehr.data.fedstats.merge). Binary and
-categorical features pass through unchanged; NaN (missing) stays NaN.
+Numeric feature j is mapped to z = (g_j(x) - m_j) / s_j, where g_j(x) is x or log(x - a_j) and m_j, s_j are
+the mean and standard deviation of g_j(x) over all sites (fedehr.data.fedstats.merge). Binary and categorical
+features pass through unchanged; NaN (missing) stays NaN.
 
-The log is chosen from the merged statistics alone, so every site makes the same choice: g_j = log when the
-feature is numeric, its merged minimum is > 0, it has >= ``min_count`` observed values and the skewness of
-the raw values is > ``skew_threshold`` (default 2: lognormal data with sigma >= ~0.57). A feature with
-fewer than 2 values or zero spread keeps s_j = 1 (it is only centred). Transforming a value <= 0 of a
-log-normalised feature raises InputError (the training data had none, so the map is undefined there).
+The origin a_j = valid_min - (valid_max - valid_min) / 1000 comes from the schema (fedstats.log_origin), so
+every value in the valid range, in any split or site, has x - a_j > 0; a plain log(x) would fail on a 0 that
+only the test split holds. The log is chosen from the merged statistics alone, so every site makes the same
+choice: g_j is the log when the feature is numeric with a finite valid range, has >= ``min_count`` observed
+values, all of them above a_j, and the skewness of the raw values exceeds ``skew_threshold`` (default 2;
+lognormal data with sigma >= ~0.57). A feature with fewer than 2 values or zero spread keeps s_j = 1 (it is
+only centred). Values at or below a_j (outside the valid range) of a log-normalised feature raise InputError.
 """
 
 from __future__ import annotations
@@ -28,13 +30,18 @@ VERSION = 1
 
 @dataclass(frozen=True, eq=False)
 class _Columns:
-    """Affine (and optional log) map of one feature group: names, kinds, shift m, scale s, log flags."""
+    """Affine (and optional log) map of one feature group: names, kinds, shift m, scale s, log origin a."""
 
     names: tuple[str, ...]
     kinds: tuple[str, ...]
-    shift: np.ndarray  # (D,) float64
-    scale: np.ndarray  # (D,) float64, > 0
-    log: np.ndarray    # (D,) bool
+    shift: np.ndarray   # (D,) float64
+    scale: np.ndarray   # (D,) float64, > 0
+    origin: np.ndarray  # (D,) float64, NaN where no log is taken
+
+    @property
+    def log(self) -> np.ndarray:
+        """(D,) bool: features normalised on the log(x - a) scale."""
+        return np.isfinite(self.origin)
 
     @property
     def numeric(self) -> np.ndarray:
@@ -47,14 +54,15 @@ class _Columns:
         g = x[..., num].astype(np.float64)
         lg = self.log[num]
         if lg.any():
-            bad = np.isfinite(g[..., lg]) & (g[..., lg] <= 0)
+            a = self.origin[num][lg]
+            d = g[..., lg] - a
+            bad = np.isfinite(d) & (d <= 0)
             if bad.any():
                 names = [n for n, b in zip(np.array(self.names)[num][lg], bad.reshape(-1, lg.sum()).any(0),
                                            strict=True) if b]
-                raise InputError("values <= 0 in a log-normalised feature", field=",".join(names),
-                                 value=int(bad.sum()), expected="positive values (all training values were > 0)")
-            with np.errstate(divide="ignore", invalid="ignore"):
-                g[..., lg] = np.log(g[..., lg])
+                raise InputError("values below the valid range of a log-normalised feature", field=",".join(names),
+                                 value=int(bad.sum()), expected="values inside the schema's valid range")
+            g[..., lg] = np.log(d)
         out[..., num] = ((g - self.shift[num]) / self.scale[num]).astype(np.float32)
         return out
 
@@ -64,7 +72,8 @@ class _Columns:
         num = self.numeric
         g = z[..., num].astype(np.float64) * self.scale[num] + self.shift[num]
         lg = self.log[num]
-        g[..., lg] = np.exp(g[..., lg])
+        with np.errstate(over="ignore"):  # far-out generator draws become inf, for the caller to clip
+            g[..., lg] = np.exp(g[..., lg]) + self.origin[num][lg]
         out[..., num] = g.astype(np.float32)
         return out
 
@@ -76,12 +85,13 @@ class _Columns:
         return x
 
     def to_list(self) -> list[dict[str, Any]]:
-        return [{"name": n, "kind": k, "shift": float(m), "scale": float(s), "log": bool(lg)}
-                for n, k, m, s, lg in zip(self.names, self.kinds, self.shift, self.scale, self.log, strict=True)]
+        return [{"name": n, "kind": k, "shift": float(m), "scale": float(s),
+                 "log_origin": float(a) if np.isfinite(a) else None}
+                for n, k, m, s, a in zip(self.names, self.kinds, self.shift, self.scale, self.origin, strict=True)]
 
     @classmethod
     def from_list(cls, items: list[dict[str, Any]], what: str) -> _Columns:
-        keys = {"name", "kind", "shift", "scale", "log"}
+        keys = {"name", "kind", "shift", "scale", "log_origin"}
         for i, it in enumerate(items):
             if not isinstance(it, dict) or set(it) != keys:
                 raise InputError("malformed normaliser entry", field=f"{what}[{i}]",
@@ -95,7 +105,8 @@ class _Columns:
         return cls(tuple(str(it["name"]) for it in items), tuple(str(it["kind"]) for it in items),
                    np.array([it["shift"] for it in items], dtype=np.float64).reshape(-1),
                    np.array([it["scale"] for it in items], dtype=np.float64).reshape(-1),
-                   np.array([bool(it["log"]) for it in items], dtype=bool).reshape(-1))
+                   np.array([np.nan if it["log_origin"] is None else float(it["log_origin"]) for it in items],
+                            dtype=np.float64).reshape(-1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,8 +131,8 @@ class Normaliser:
         specs = (*schema.temporal, *schema.static)
         numeric = np.array([sp.kind == "numeric" for sp in specs], dtype=bool)
         skew = stats.skewness
-        log = (log_skewed & numeric & (stats.count >= min_count) & (stats.min > 0)
-               & np.isfinite(skew) & (skew > skew_threshold))
+        log = (log_skewed & numeric & np.isfinite(stats.log_origin) & (stats.count >= min_count)
+               & (stats.count_log == stats.count) & np.isfinite(skew) & (skew > skew_threshold))
         mean = np.where(log, stats.mean_log, stats.mean)
         with np.errstate(invalid="ignore"):
             sd = np.sqrt(np.where(log, stats.var_log, stats.var))
@@ -132,7 +143,7 @@ class Normaliser:
         def cols(sl: slice) -> _Columns:
             group = specs[sl]
             return _Columns(tuple(sp.name for sp in group), tuple(sp.kind for sp in group), shift[sl].copy(),
-                            scale[sl].copy(), log[sl].copy())
+                            scale[sl].copy(), np.where(log, stats.log_origin, np.nan)[sl])
 
         return cls(cols(slice(0, f)), cols(slice(f, f + s)))
 

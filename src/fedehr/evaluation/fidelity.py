@@ -142,17 +142,29 @@ def pairwise_corr(x: np.ndarray, min_pairs: int = 5) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
-def correlation_distance(real: np.ndarray, syn: np.ndarray) -> float:
-    """||C_real - C_syn||_F / sqrt(P): root-mean-square gap between pairwise-complete Pearson correlations.
+def correlation_distance(real: np.ndarray, syn: np.ndarray, min_pairs: int = 5) -> float:
+    """Weighted RMS gap between pairwise-complete Pearson correlation matrices.
 
-    real (N, D), syn (M, D) per-stay summaries (NaN allowed). The norm runs over the P off-diagonal pairs defined
-    in both matrices. Returns [0, 2], NaN when no pair is defined. Lower is better.
+    real (N, D), syn (M, D) per-stay summaries (NaN allowed). With d_ij = C_real[i, j] - C_syn[i, j] over the
+    off-diagonal pairs defined in both, and w_ij = n_r n_s / (n_r + n_s) from the numbers of stays observing
+    both columns (inverse of the sampling variance, so sparsely co-observed pairs do not dominate):
+    distance = sqrt(sum w d^2 / sum w); with equal weights this is ||C_real - C_syn||_F / sqrt(P).
+    Returns [0, 2], NaN when no pair is defined. Lower is better.
     """
-    cr, cs = pairwise_corr(real), pairwise_corr(syn)
-    off = ~np.eye(cr.shape[0], dtype=bool)
-    d = (cr - cs)[off]
-    d = d[np.isfinite(d)]
-    return float(np.sqrt(np.mean(d * d))) if d.size else float("nan")
+    cr, cs = pairwise_corr(real, min_pairs), pairwise_corr(syn, min_pairs)
+    nr, ns = pair_counts(real), pair_counts(syn)
+    ok = np.isfinite(cr) & np.isfinite(cs) & ~np.eye(cr.shape[0], dtype=bool)
+    if not ok.any():
+        return float("nan")
+    w = (nr * ns / np.maximum(nr + ns, 1.0))[ok]
+    d = (cr - cs)[ok]
+    return float(np.sqrt((w * d * d).sum() / w.sum()))
+
+
+def pair_counts(x: np.ndarray) -> np.ndarray:
+    """(N, D) with NaN -> (D, D) number of rows where both columns are finite."""
+    m = np.isfinite(x).astype(np.float64)
+    return m.T @ m
 
 
 # ---- temporal structure --------------------------------------------------------------------------------------
@@ -212,14 +224,23 @@ def mean_trajectory(values: np.ndarray) -> np.ndarray:
     return mu
 
 
-def trajectory_gap(real_values: np.ndarray, syn_values: np.ndarray, scaler: Scaler) -> np.ndarray:
-    """Per-feature mean over bins of |hourly mean real - hourly mean synthetic|, in real standard deviations.
+def trajectory_gap(real_values: np.ndarray, syn_values: np.ndarray, scaler: Scaler) -> tuple[np.ndarray, float]:
+    """Gap between hourly mean trajectories, in real standard deviations.
 
-    real_values (N, T, F), syn_values (M, T, F). Returns (F,) in [0, inf), NaN where no bin is observed in both.
-    Lower is better.
+    real_values (N, T, F), syn_values (M, T, F). For every bin t and feature f, g = |mean_real - mean_syn| of
+    the standardised observed values, weighted by w = n_r n_s / (n_r + n_s) (observations in that cell; the
+    inverse sampling variance, so hours where a lab is rarely drawn do not drown the signal in noise).
+    Returns (per-feature weighted mean over bins (F,), overall weighted mean over all cells); values in
+    [0, inf), NaN where no cell is observed in both. Lower is better.
     """
-    gap = np.abs(mean_trajectory(scaler.transform(real_values)) - mean_trajectory(scaler.transform(syn_values)))
-    return _nan_row_mean(gap.T)
+    g = np.abs(mean_trajectory(scaler.transform(real_values)) - mean_trajectory(scaler.transform(syn_values)))
+    nr, ns = np.isfinite(real_values).sum(axis=0), np.isfinite(syn_values).sum(axis=0)  # (T, F)
+    w = np.where(np.isfinite(g), nr * ns / np.maximum(nr + ns, 1), 0.0)
+    g0 = np.where(np.isfinite(g), g, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_feature = np.where(w.sum(axis=0) > 0, (w * g0).sum(axis=0) / w.sum(axis=0), np.nan)
+    overall = float((w * g0).sum() / w.sum()) if w.sum() > 0 else float("nan")
+    return per_feature, overall
 
 
 def _nan_row_mean(x: np.ndarray) -> np.ndarray:
@@ -262,15 +283,19 @@ def mmd_rbf(real: np.ndarray, syn: np.ndarray, rng: np.random.Generator, max_n: 
     return float(max(val, 0.0))
 
 
-def alpha_precision_beta_recall(real: np.ndarray, syn: np.ndarray, n_steps: int = 30) -> dict[str, object]:
-    """Integrated alpha-precision and beta-recall (Alaa et al. 2022), embedding-free, as in synthcity.
+def alpha_precision_beta_recall(real: np.ndarray, syn: np.ndarray, n_steps: int = 30, k: int = 5
+                                ) -> dict[str, object]:
+    """Integrated alpha-precision and beta-recall (Alaa et al. 2022), embedding-free (synthcity's estimator with
+    k-NN balls as in Naeem et al. 2020).
 
     real (N, D), syn (M, D) finite standardised summaries, Euclidean distances.
     * alpha-precision curve P(a): share of synthetic points within the radius around the real centre (mean)
       that holds a fraction a of the real points (the real a-support).
-    * beta-recall curve R(b): share of real points x whose nearest synthetic point s(x) is closer than x's
-      nearest other real point AND lies inside the synthetic b-support (radius around the synthetic centre,
-      quantile b of ||s(x) - synthetic centre||).
+    * beta-recall curve R(b): share of real points x whose nearest synthetic point s(x) lies inside x's k-NN
+      ball among the real points (radius = distance to the k-th nearest other real point) AND inside the
+      synthetic b-support (radius around the synthetic centre, quantile b of ||s(x) - synthetic centre||).
+      synthcity uses k = 1, which caps the recall of a perfect generator near 0.5 (the nearest of two equal
+      samples is equally likely real or synthetic); k = 5 puts it near 1 - e^-5.
     * integrated scores 1 - sum_a |P(a) - a| / sum_a a on a grid of ``n_steps`` levels in [0, 1].
     Returns {"alpha_precision", "beta_recall"} in [0, 1] (higher is better, 1 best) and the curves.
     """
@@ -281,7 +306,8 @@ def alpha_precision_beta_recall(real: np.ndarray, syn: np.ndarray, n_steps: int 
     radii = np.quantile(np.linalg.norm(real - c_real, axis=1), levels)  # (K,)
     syn_to_c = np.linalg.norm(syn - c_real, axis=1)  # (M,)
     precision = (syn_to_c[:, None] <= radii[None, :]).mean(axis=0)  # (K,)
-    real_to_real = NearestNeighbors(n_neighbors=2).fit(real).kneighbors(real)[0][:, 1]  # (N,) excluding self
+    kk = max(1, min(k, len(real) - 1))
+    real_to_real = NearestNeighbors(n_neighbors=kk + 1).fit(real).kneighbors(real)[0][:, kk]  # (N,) k-th other
     d_rs, i_rs = NearestNeighbors(n_neighbors=1).fit(syn).kneighbors(real)
     closest_to_c = np.linalg.norm(syn[i_rs[:, 0]] - c_syn, axis=1)  # (N,)
     beta_radii = np.quantile(closest_to_c, levels)

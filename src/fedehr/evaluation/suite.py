@@ -172,9 +172,9 @@ def _autocorr(inp: Inputs) -> Result:
 
 
 def _trajectory(inp: Inputs) -> Result:
-    gap = fid.trajectory_gap(inp.train.values, inp.syn.values, inp.scalers.temporal)
-    return {"value": _nanmean(gap), "per_feature": dict(zip(inp.train.schema.temporal_names, gap.tolist(),
-                                                              strict=True))}
+    gap, overall = fid.trajectory_gap(inp.train.values, inp.syn.values, inp.scalers.temporal)
+    return {"value": None if math.isnan(overall) else overall,
+            "per_feature": dict(zip(inp.train.schema.temporal_names, gap.tolist(), strict=True))}
 
 
 def _mmd(inp: Inputs) -> Result:
@@ -343,11 +343,11 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("dimension_wise_rmse", _dimwise_rmse, "fidelity", "min", 0.0, 0.05,
                "RMSE between per-dimension means on the real [1 %, 99 %] range scale"),
     MetricSpec("correlation_distance", _corr, "fidelity", "min", 0.0, 0.1,
-               "RMS gap between feature correlation matrices of per-stay means"),
+               "weighted RMS gap between correlation matrices of per-stay means and static features"),
     MetricSpec("autocorrelation_gap", _autocorr, "fidelity", "min", 0.0, 0.1,
                "mean |ACF gap| at lags 1-6 h of standardised forward-filled series"),
     MetricSpec("trajectory_gap", _trajectory, "fidelity", "min", 0.0, 0.1,
-               "mean |hourly mean gap| of standardised values (real SD units)"),
+               "observation-weighted mean |hourly mean gap| of standardised values (real SD units)"),
     MetricSpec("mmd", _mmd, "fidelity", "min", 0.0, 0.02,
                "MMD^2 (RBF, median heuristic) between standardised per-stay summaries"),
     MetricSpec("alpha_precision", _alpha, "fidelity", "max", 1.0, 0.8,

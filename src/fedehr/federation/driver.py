@@ -15,11 +15,8 @@ and polls faster than the deployment grid's fixed 3 s.
 
 from __future__ import annotations
 
-import json
-import shutil
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +38,7 @@ from fedehr.federation.records import (
     scalar_metrics,
     task_to_content,
 )
-from fedehr.io_utils import atomic_file
+from fedehr.federation.rundir import finish_run, mark_failed
 
 Progress = Callable[[str, dict[str, Any]], None]  # (event, info): "sites" | "round"
 MAX_ERROR_CHARS = 1500
@@ -184,8 +181,12 @@ class Driver:
         r = self.acct.next_round
         self._map_nodes()
         online = set(self.grid.get_node_ids())
-        targets = {n: s for n, s in self.node_site.items() if n in online}
-        errors = {s: "SuperNode offline" for n, s in self.node_site.items() if n not in online}
+        wanted = getattr(self.workflow, "participants", lambda: None)()  # None: every site
+        known = sorted(self.node_site.values())
+        expected = sorted(set(known if wanted is None else wanted))
+        targets = {n: s for n, s in self.node_site.items() if n in online and s in expected}
+        errors = {s: "SuperNode offline" for n, s in self.node_site.items() if n not in online and s in expected}
+        errors |= {s: "no SuperNode serves this site" for s in expected if s not in known}
         messages, sent = [], {}
         for node, site in targets.items():
             msg = self._message(task.for_site(site), node, str(r))
@@ -197,20 +198,16 @@ class Driver:
         for site in targets.values():
             if site not in received and site not in errors:
                 errors[site] = f"no reply within round_timeout_s={self.s.round_timeout_s:g}"
-        known = sorted(self.node_site.values())
-        missing = [s for s in known if s not in {rep.site for rep in replies}]
-        if len(replies) < self.s.min_sites:
-            raise FedEHRError(f"round {r} ({task.label or task.action}): only {len(replies)} site(s) replied, "
-                              f"min_sites is {self.s.min_sites}; errors: {errors}. The previous round is "
-                              "checkpointed: fix the sites and continue with --resume")
-        self.workflow.receive(task, replies, missing)
+        missing = [s for s in expected if s not in {rep.site for rep in replies}]
+        self.workflow.receive(task, replies, missing)  # the workflow decides whether enough sites replied
         record = RoundRecord(round=r, label=task.label, action=task.action, session=self.acct.session,
                              started_at=started, wall_s=wall, sites=sorted(targets.values()),
                              replied=sorted(rep.site for rep in replies), missing=missing, errors=errors,
                              bytes_sent=sent, bytes_received=received, metrics=_weighted_mean(replies))
         self.acct.add_round(record)
         checkpoint.save(self.s.run_dir, r, self.workflow.state_dict(), self.acct.to_dict())
-        self.progress("round", {**record.__dict__, "total": getattr(self.workflow, "total_rounds", None)})
+        self.progress("round", {**record.__dict__, "step": getattr(self.workflow, "step", None),
+                                "total_steps": getattr(self.workflow, "total_steps", None)})
 
     def _collect(self, raw: Iterable[Message], errors: dict[str, str]) -> tuple[list[Reply], dict[str, int]]:
         replies: list[Reply] = []
@@ -230,27 +227,8 @@ class Driver:
             replies.append(reply)
         return sorted(replies, key=lambda rep: rep.site), received
 
-    # ---- the end -------------------------------------------------------------------------------------
     def _finish(self) -> dict[str, Any]:
-        """Final artefacts into a temporary folder first, moved in; metrics.json last marks completion."""
-        run_dir = self.s.run_dir
-        tmp = run_dir / ".final-tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.workflow.save(tmp)
-        for entry in tmp.iterdir():
-            target = run_dir / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            entry.replace(target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        metrics = {"runtime": self.acct.summary(), "workflow": _jsonable(self.workflow.metrics()),
-                   "config": self.s.config}
-        with atomic_file(run_dir / "metrics.json") as fh:
-            json.dump(metrics, fh, indent=2)
-        checkpoint.clear(run_dir)
-        (run_dir / "FAILED").unlink(missing_ok=True)
-        return metrics
+        return finish_run(self.s.run_dir, self.workflow, self.acct.summary(), self.s.config)
 
 
 def _error_text(msg: Message) -> str:
@@ -269,32 +247,3 @@ def _weighted_mean(replies: list[Reply]) -> dict[str, float]:
         v, w = np.array(pairs, dtype=np.float64).T
         out[k] = float(np.average(v, weights=w) if w.sum() > 0 else v.mean())
     return out
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def mark_failed(run_dir: Path, error: BaseException) -> None:
-    """Leave ``RUN/FAILED`` (what went wrong, how to continue) next to the checkpoint of the last round."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        last = checkpoint.load(run_dir)
-        done = "no round completed" if last is None else f"rounds 0..{last[0]} completed and checkpointed"
-        text = (f"{now_iso()} {type(error).__name__}: {error}\n{done}; continue with "
-                f"`fedehr train --resume --out {run_dir}`\n\n"
-                + "".join(traceback.format_exception(error)))
-        with atomic_file(run_dir / "FAILED") as fh:
-            fh.write(text)
-    except Exception:  # never mask the original error
-        pass

@@ -57,7 +57,7 @@ def _scalar(key: str, v: Any, where: str) -> Any:
                     "or a flat list of one of them")
 
 
-def _is_numeric(v: Any) -> bool:
+def is_numeric(v: Any) -> bool:
     if isinstance(v, list):
         return all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
     return isinstance(v, int | float) and not isinstance(v, bool)
@@ -103,8 +103,8 @@ def reply_to_content(reply: Reply) -> RecordDict:
     metrics = {k: _scalar(k, v, "reply metric") for k, v in reply.metrics.items()}
     return RecordDict({
         REPLY: ConfigRecord({"site": str(reply.site), "num_examples": int(reply.num_examples)}),
-        METRICS: MetricRecord({k: v for k, v in metrics.items() if _is_numeric(v)}),
-        LABELS: ConfigRecord({k: v for k, v in metrics.items() if not _is_numeric(v)}),
+        METRICS: MetricRecord({k: v for k, v in metrics.items() if is_numeric(v)}),
+        LABELS: ConfigRecord({k: v for k, v in metrics.items() if not is_numeric(v)}),
         ARRAYS: arrays_to_record(reply.arrays),
     })
 

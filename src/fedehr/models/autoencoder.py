@@ -12,6 +12,7 @@ per-example losses stay independent (DP-SGD ready).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -26,8 +27,8 @@ class Autoencoder(nn.Module):
         super().__init__()
         enc_dims = [d_in, *hidden, latent]
         dec_dims = [latent, *reversed(hidden)]
-        self.enc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(enc_dims[:-1], enc_dims[1:], strict=True))
-        self.dec = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dec_dims[:-1], dec_dims[1:], strict=True))
+        self.enc = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(enc_dims))
+        self.dec = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dec_dims))
         self.head = nn.Linear(dec_dims[-1], d_out)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -203,7 +203,7 @@ def draws_to_encoding(d: dict[str, torch.Tensor], b: Blocks) -> torch.Tensor:
     return torch.cat(parts, -1)
 
 
-def to_arrays(d: dict[str, torch.Tensor], b: Blocks, inverse) -> np.ndarray:  # noqa: ANN001
+def to_arrays(d: dict[str, torch.Tensor], b: Blocks, inverse) -> np.ndarray:
     """Draws → (..., n) float32 raw values in schema order, NaN where not observed.
 
     ``inverse`` is Normaliser.inverse_transform (temporal) or .inverse_transform_static.

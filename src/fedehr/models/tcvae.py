@@ -99,7 +99,7 @@ def objective(cfg: TCVAEConfig, layout: Layout, *, mode: str, ae: AEConfig | Non
 
 
 @torch.no_grad()
-def posterior_moments(model: TCVAE, batches) -> tuple[torch.Tensor, torch.Tensor, int]:  # noqa: ANN001
+def posterior_moments(model: TCVAE, batches) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Aggregate posterior moments over a site's stays: m = mean μ, v = mean(σ² + μ²) − m² (U,) each, and n."""
     s1 = s2 = None
     n = 0

@@ -73,7 +73,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
-        elif v is None or isinstance(v, str | bool | int | float | np.generic):
+        elif _is_scalar(v):
             out[key] = v
     return out
 
@@ -107,26 +107,63 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, str | bool | int | float | np.generic)
+
+
+def _metric_cells(family: str, name: str, res: Any) -> dict[tuple[str, str], Any]:
+    """Display rows of one metric result: ``{"value": v, ...}`` gives v (or why it was skipped); TSTR/TRTR
+    sub-results holding an "auroc" (directly or under "pooled") add one row each; plain dicts are flattened."""
+    if _is_scalar(res):
+        return {(family, name): res}
+    if not isinstance(res, dict):
+        return {}
+    if "value" not in res and "skipped" not in res:
+        return {(family, f"{name}.{k}"): v for k, v in flatten(res).items()}
+    v = res.get("value")
+    out: dict[tuple[str, str], Any] = {
+        (family, name): f"skipped: {res['skipped']}" if v is None and "skipped" in res else v}
+    subs = res["pooled"] if isinstance(res.get("pooled"), dict) else res
+    for sub, r in subs.items():
+        if isinstance(r, dict) and "auroc" in r:
+            out[(family, f"{name} · {sub} AUROC")] = r["auroc"]
+    return out
+
+
+def result_cells(block: Any) -> dict[tuple[str, str], Any]:
+    """(family, row) -> value for one site's results ({family: {metric: result}} plus scalars like n_train)."""
+    out: dict[tuple[str, str], Any] = {}
+    if not isinstance(block, dict):
+        return out
+    for key, v in block.items():
+        if key in FAMILIES and isinstance(v, dict):
+            for name, res in v.items():
+                out.update(_metric_cells(key, str(name), res))
+        else:
+            out.update(_metric_cells("", str(key), v))
+    return out
+
+
 def site_table(by_site: dict[str, Any], pooled: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Rows = metrics (dotted family.name), columns = sites (plus 'pooled' when given). None when empty."""
+    """Rows = (family, metric), columns = sites (plus 'pooled' when given). None when there are no sites."""
     if not isinstance(by_site, dict) or not by_site:
         return None
     sites = sorted(by_site, key=str)
-    flat = {s: flatten(by_site[s]) for s in sites}
-    keys: list[str] = []
-    for s in sites:
-        keys += [k for k in flat[s] if k not in keys]
-    order = {f: i for i, f in enumerate(FAMILIES)}
+    cells = {s: result_cells(by_site[s]) for s in sites}
+    pooled_cells = result_cells(pooled) if pooled else {}
+    keys: list[tuple[str, str]] = []
+    for c in [*cells.values(), pooled_cells]:
+        keys += [k for k in c if k not in keys]
+    order = {"": 0} | {f: i + 1 for i, f in enumerate(FAMILIES)}  # site facts (n_train, ...) first
     first = {k: i for i, k in enumerate(keys)}
-    keys = sorted(keys, key=lambda k: (order.get(k.split(".")[0], len(order)), first[k]))
-    pooled_flat = flatten(pooled) if pooled else {}
-    columns = [*map(str, sites), *(["pooled"] if pooled_flat else [])]
+    keys = sorted(keys, key=lambda k: (order.get(k[0], len(order) + 1), first[k]))
+    columns = [*map(str, sites), *(["pooled"] if pooled_cells else [])]
     rows = []
     for k in keys:
-        cells = [fmt(flat[s].get(k)) if k in flat[s] else "—" for s in sites]
-        if pooled_flat:
-            cells.append(fmt(pooled_flat[k]) if k in pooled_flat else "—")
-        rows.append({"metric": k, "cells": cells})
+        row = [fmt(cells[s][k]) if k in cells[s] else "—" for s in sites]
+        if pooled_cells:
+            row.append(fmt(pooled_cells[k]) if k in pooled_cells else "—")
+        rows.append({"family": k[0], "metric": k[1], "cells": row})
     return {"columns": columns, "rows": rows}
 
 
@@ -244,7 +281,7 @@ def context(*, evaluation: EvaluationLike, train: Cohort, test: Cohort, syntheti
     artifacts = evaluation.artifacts or {}
     # Validate the artefacts before the (slower) figures so bad input fails fast.
     plots.roc_curves(artifacts)
-    for key in ("dcr_syn_to_train", "dcr_syn_to_test"):
+    for key in ("dcr_syn_to_train", "dcr_syn_to_test", "dcr_test_to_train"):
         plots.artifact(artifacts, key)
     figs, notices = figures(train, synthetic, artifacts, rng)
     return {
@@ -255,7 +292,7 @@ def context(*, evaluation: EvaluationLike, train: Cohort, test: Cohort, syntheti
         "per_site": site_table(metrics.get("per_site") or {}, metrics.get("pooled")),
         "federated": site_table(fed) if fed else None,
         "per_feature": per_feature_table(metrics.get("per_feature"), train.schema.temporal_names),
-        "settings": sorted((k, fmt(v)) for k, v in flatten(metrics.get("settings") or {}).items()),
+        "settings": [(k, fmt(v)) for k, v in flatten(metrics.get("settings") or {}).items()],
         "cohorts": cohort_rows({"real (train)": train, "real (test)": test, "synthetic": synthetic}),
         "schema": {"n_temporal": len(train.schema.temporal), "n_static": len(train.schema.static),
                    "hours": f"{train.schema.hours:g}", "bin_hours": f"{train.schema.bin_hours:g}",

@@ -384,6 +384,7 @@ def artifact(artifacts: dict, key: str) -> np.ndarray | None:
 def dcr_figure(artifacts: dict) -> Figure | None:
     """Histogram of distances to closest record: synthetic->train vs synthetic->test. None without artefacts."""
     tr, te = artifact(artifacts, "dcr_syn_to_train"), artifact(artifacts, "dcr_syn_to_test")
+    ref = artifact(artifacts, "dcr_test_to_train")  # optional holdout reference
     if tr is None or te is None:
         return None
     both = np.concatenate([tr, te])
@@ -391,16 +392,20 @@ def dcr_figure(artifacts: dict) -> Figure | None:
     edges = np.linspace(0.0, hi if hi > 0 else 1.0, 41)
     fig = MplFigure(figsize=(6.4, 3.6), layout="constrained")
     ax = fig.subplots()
-    for a, colour, label in ((tr, "#d62728", "synthetic → train"), (te, "#2ca02c", "synthetic → test")):
+    series = [(tr, "#d62728", "-", "synthetic → train"), (te, "#2ca02c", "-", "synthetic → test")]
+    if ref is not None and ref.size:
+        series.append((ref, "#555555", ":", "test → train (reference)"))
+    for a, colour, ls, label in series:
         h = np.histogram(np.clip(a, 0, edges[-1]), edges)[0] / max(a.size, 1)
-        ax.stairs(h, edges, color=colour, linewidth=1.4, label=f"{label} (median {np.median(a):.3g})")
-    ax.set(xlabel="distance to closest record", ylabel="share of synthetic stays")
+        ax.stairs(h, edges, color=colour, linestyle=ls, linewidth=1.4, label=f"{label} (median {np.median(a):.3g})")
+    ax.set(xlabel="distance to closest record", ylabel="share of stays")
     ax.legend(fontsize=8)
     return Figure(
         "dcr", "Distance to closest record",
         "For every synthetic stay, the distance to its nearest training stay (red) and nearest held-out test "
-        "stay (green); the top 1 % is clipped into the last bin. Red mass shifted left of green (or a spike "
-        "near 0) means synthetic stays copy training patients.",
+        "stay (green); dotted grey, when available, is each real test stay's distance to its nearest training "
+        "stay (what an independent sample looks like). The top 1 % is clipped into the last bin. Red mass "
+        "shifted left of green (or a spike near 0) means synthetic stays copy training patients.",
         _encode(fig))
 
 

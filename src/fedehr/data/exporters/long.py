@@ -138,9 +138,9 @@ def export(cohort: Cohort, out: Path, *, splits: np.ndarray | None = None, overw
             format_unique(cohort.stay_ids)[ev["stay"]], format_unique(event_hours(cohort, ev)),
             csv_field(schema.temporal_names)[ev["feature"]], format_float32(ev["value"])).tolist())
         for j, name in enumerate(schema.static_names):
-            static[name] = format_float32(cohort.static[:, j])
+            static[name] = format_float32(cohort.static[:, j]).astype(object)
         for j, name in enumerate(schema.labels):
-            labels[name] = format_float32(cohort.labels[:, j])
+            labels[name] = format_float32(cohort.labels[:, j]).astype(object)
     else:
         events["value"] = decimal_float32(ev["value"])  # type: ignore[index]
         for j, name in enumerate(schema.static_names):

@@ -54,7 +54,7 @@ def export(cohort: Cohort, out: Path, *, splits: np.ndarray | None = None, overw
     out = Path(out)
     check_exportable(cohort, splits)
     schema = cohort.schema
-    n, s = cohort.static.shape
+    n = len(cohort)
 
     # Static rows (null time), one admission row per stay, then the measurements (sorted by stay then time).
     st_n, st_j = np.nonzero(np.isfinite(cohort.static))

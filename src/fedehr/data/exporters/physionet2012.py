@@ -24,7 +24,15 @@ import numpy as np
 import pandas as pd
 
 from fedehr.data.cohort import Cohort
-from fedehr.data.exporters.long import check_exportable, expand_events, format_float32
+from fedehr.data.exporters.long import (
+    STR,
+    check_exportable,
+    csv_field,
+    expand_events,
+    format_float32,
+    format_unique,
+    join_lines,
+)
 from fedehr.errors import InputError
 from fedehr.io_utils import atomic_dir
 
@@ -59,47 +67,44 @@ def export(cohort: Cohort, out: Path, *, splits: np.ndarray | None = None, overw
 
     # 00:00 rows: the six descriptors, then the remaining static features (unknown extras are left out).
     static_names = schema.static_names
-    desc_cols = [cohort.stay_ids.astype(str)]
-    for name in DESCRIPTORS[1:]:
-        desc_cols.append(_static_text(cohort, static_names.index(name)) if name in static_names
-                         else np.full(n, "-1"))
     extra = [j for j, s in enumerate(static_names) if s not in DESCRIPTORS]
-    param = np.array([*DESCRIPTORS, *(static_names[j] for j in extra)], dtype=object)
-    head_val = np.stack([*desc_cols, *(_static_text(cohort, j) for j in extra)], axis=1)  # (N, 6 + extras)
-    head_keep = np.ones(head_val.shape, dtype=bool)
+    head_param = [*DESCRIPTORS, *(static_names[j] for j in extra)]
+    head_val = [format_unique(cohort.stay_ids)]  # (N,) string columns, one per 00:00 row
+    for name in DESCRIPTORS[1:]:
+        head_val.append(_static_text(cohort, static_names.index(name)) if name in static_names
+                        else np.full(n, "-1", dtype=STR))
+    head_val += [_static_text(cohort, j) for j in extra]
+    head_keep = np.ones((n, len(head_param)), dtype=bool)  # (N, H)
     head_keep[:, len(DESCRIPTORS):] = np.isfinite(cohort.static[:, extra])
-    head_stay = np.repeat(np.arange(n), head_val.shape[1]).reshape(head_val.shape)
-    head_lines = ("00:00," + np.broadcast_to(param, head_val.shape).astype(str) + "," + head_val.astype(str)
-                  + "\n")[head_keep]
-    head_stay = head_stay[head_keep]
+    head_lines = np.stack([("00:00," + p + ",") + v + "\n" for p, v in zip(head_param, head_val, strict=True)],
+                          axis=1)[head_keep]
+    head_stay = np.broadcast_to(np.arange(n)[:, None], head_keep.shape)[head_keep]
 
     # Measurements: k rows per bin at distinct minutes in (bin start, bin end).
     ev = expand_events(cohort)
     minute = ev["bin"] * w + np.floor(ev["frac"] * w).astype(np.int64)
     minute = np.maximum(minute, ev["bin"] * w + (1 if w > 1 else 0))  # 00:00 belongs to the descriptors
-    hhmm = _hhmm(minute)
-    names = np.array(schema.temporal_names, dtype=str)
-    ev_lines = hhmm + "," + names[ev["feature"]] + "," + format_float32(ev["value"]) + "\n"
+    ev_lines = join_lines(_hhmm(minute), csv_field(schema.temporal_names)[ev["feature"]],
+                          format_float32(ev["value"]))
 
     # One text per record: descriptors first, then events in time order; slice a single joined string.
     stay = np.concatenate([head_stay, ev["stay"]])
-    lines = np.concatenate([head_lines.astype(object), ev_lines.astype(object)])
+    lines = np.concatenate([head_lines, ev_lines])
     order = np.argsort(stay, kind="stable")
     lines, stay = lines[order], stay[order]
-    lengths = np.strings.str_len(lines.astype(str))  # type: ignore[attr-defined]
-    ends = np.cumsum(lengths)
-    bounds = np.r_[0, ends[np.searchsorted(stay, np.arange(n), side="right") - 1]] if len(stay) else np.zeros(
-        n + 1, dtype=np.int64)
+    ends = np.cumsum(np.strings.str_len(lines))
+    bounds = np.r_[0, ends[np.searchsorted(stay, np.arange(n), side="right") - 1]]  # every record has >= 6 lines
     text = "".join(lines.tolist())
 
     outcomes = pd.DataFrame({"RecordID": cohort.stay_ids})
     labels = list(schema.labels)
     for col in OUTCOME_COLUMNS:
         name = "mortality" if col == "In-hospital_death" else col
-        outcomes[col] = format_float32(cohort.labels[:, labels.index(name)], nan="-1") if name in labels else "-1"
+        outcomes[col] = format_float32(cohort.labels[:, labels.index(name)], nan="-1").astype(object) \
+            if name in labels else "-1"
     for j, name in enumerate(labels):
         if name != "mortality" and name not in OUTCOME_COLUMNS:
-            outcomes[name] = format_float32(cohort.labels[:, j])
+            outcomes[name] = format_float32(cohort.labels[:, j]).astype(object)
     stays = pd.DataFrame({"RecordID": cohort.stay_ids, "site": cohort.sites})
     if splits is not None:
         stays["split"] = np.asarray(splits).astype(str)
@@ -116,7 +121,7 @@ def export(cohort: Cohort, out: Path, *, splits: np.ndarray | None = None, overw
 
 
 def _hhmm(minute: np.ndarray) -> np.ndarray:
-    """Minutes since admission -> 'HH:MM' strings (vectorised over the distinct minutes)."""
+    """Minutes since admission -> 'HH:MM' strings (vectorised over the distinct minutes), StringDType."""
     u, inv = np.unique(minute, return_inverse=True)
     s = np.char.add(np.char.add(np.char.zfill((u // 60).astype(str), 2), ":"), np.char.zfill((u % 60).astype(str), 2))
-    return s[inv]
+    return s.astype(STR)[inv]

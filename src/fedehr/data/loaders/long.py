@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from fedehr.data.catalogue import STATIC, TEMPORAL
 from fedehr.data.cohort import Cohort
@@ -44,8 +46,8 @@ def decimal_float64(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_table(file: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """A CSV or Parquet file (by suffix) as a DataFrame."""
+def read_table(file: Path, columns: list[str] | None = None, text: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV or Parquet file (by suffix) as a DataFrame; CSV columns in ``text`` stay strings ('007')."""
     file = Path(file)
     if not file.is_file():
         raise InputError("table not found", file=file, expected="an existing .csv or .parquet file")
@@ -53,7 +55,9 @@ def read_table(file: Path, columns: list[str] | None = None) -> pd.DataFrame:
     if name.endswith(".parquet"):
         return pd.read_parquet(file, columns=columns)
     if name.endswith((".csv", ".csv.gz")):
-        return pd.read_csv(file, usecols=columns, low_memory=False)
+        # round_trip: numbers written as the shortest float32 decimal must parse to the nearest float64 exactly
+        return pd.read_csv(file, usecols=columns, low_memory=False, float_precision="round_trip",
+                           dtype=dict.fromkeys(text, str))
     raise InputError("unsupported table format", file=file, expected=".csv, .csv.gz or .parquet")
 
 
@@ -148,8 +152,8 @@ def detect(path: Path) -> bool:
     if not name.endswith((".csv", ".parquet", ".csv.gz")):
         return False
     try:
-        cols = pd.read_parquet(path).columns if name.endswith(".parquet") else pd.read_csv(path, nrows=0).columns
-    except (OSError, ValueError):
+        cols = pq.read_schema(path).names if name.endswith(".parquet") else pd.read_csv(path, nrows=0).columns
+    except (OSError, ValueError, pa.ArrowException):
         return False
     return {"stay_id", "time", "variable", "value"} <= set(map(str, cols))
 
@@ -180,7 +184,7 @@ def load(path: Path, *, hours: float = 48, bin_hours: float = 1, site_by: str | 
 
     ev = read_table(events_file)
     _require(ev, [stay_col, time_col, variable_col, value_col], events_file)
-    st = read_table(static_file) if static_file is not None else None
+    st = read_table(static_file, text=(site_col,)) if static_file is not None else None
     if st is not None:
         _require(st, [stay_col], static_file)
         if st[stay_col].duplicated().any():
@@ -230,7 +234,7 @@ def load(path: Path, *, hours: float = 48, bin_hours: float = 1, site_by: str | 
     static_arr = np.full((n, len(static_specs_)), np.nan)
     sites = np.full(n, "all", dtype=object)
     if st is not None:
-        row = index.get_indexer(numeric_column(st[stay_col], static_file, stay_col).astype(np.int64))
+        row = row_of(st, stay_col, index, static_file)
         for j, spec in enumerate(static_specs_):
             if spec.name not in st.columns:
                 raise InputError("static column missing", file=static_file, field=spec.name,
@@ -251,7 +255,7 @@ def load(path: Path, *, hours: float = 48, bin_hours: float = 1, site_by: str | 
         label_names = tuple("mortality" if c == "label" else c for c in cols) or ("mortality",)
     labels_arr = np.full((n, len(label_names)), np.nan)
     if lb is not None:
-        row = index.get_indexer(numeric_column(lb[stay_col], labels_file, stay_col).astype(np.int64))
+        row = row_of(lb, stay_col, index, labels_file)
         for j, name in enumerate(label_names):
             col = name if name in lb.columns else ("label" if name == "mortality" and "label" in lb.columns else None)
             if col is None:
@@ -262,7 +266,7 @@ def load(path: Path, *, hours: float = 48, bin_hours: float = 1, site_by: str | 
                     bin_hours=float(bin_hours), source="long", site_by=site_by)
 
     # Times -> hours since admission.
-    stay = index.get_indexer(numeric_column(ev[stay_col], events_file, stay_col).astype(np.int64))
+    stay = row_of(ev, stay_col, index, events_file)
     t = ev[time_col]
     if pd.api.types.is_numeric_dtype(t):
         hour = t.to_numpy(np.float64) * TIME_UNITS[time_unit]
@@ -280,7 +284,7 @@ def load(path: Path, *, hours: float = 48, bin_hours: float = 1, site_by: str | 
             elif st is not None and admission_col in st.columns:
                 adm = _to_datetime(st[admission_col], static_file, admission_col).to_numpy("datetime64[us]")
                 per_stay = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
-                per_stay[row_of(st, stay_col, index, static_file)] = adm
+                per_stay[row_of(st, stay_col, index, static_file)] = adm  # type: ignore[arg-type]
                 origin = per_stay[stay]
                 report["time_origin"] = f"static column {admission_col!r}"
             else:
@@ -311,3 +315,16 @@ def load(path: Path, *, hours: float = 48, bin_hours: float = 1, site_by: str | 
 
 def row_of(df: pd.DataFrame, stay_col: str, index: pd.Index, file: Path) -> np.ndarray:
     return index.get_indexer(numeric_column(df[stay_col], file, stay_col).astype(np.int64))
+
+
+def read_splits(path: str | Path, stay_ids: np.ndarray, *, stay_col: str = "stay_id") -> np.ndarray:
+    """(N,) split of each stay from the ``split`` column of the static table ('' where absent)."""
+    path = Path(path)
+    file = _find(path, "static") if path.is_dir() else path
+    if file is None:
+        raise InputError("no static table", file=path, expected="static.csv or static.parquet")
+    df = read_table(file, text=("split",))
+    if "split" not in df.columns:
+        raise InputError("no split column in the static table", file=file, field="split")
+    s = df.set_index(numeric_column(df[stay_col], file, stay_col).astype(np.int64))["split"]
+    return s.reindex(np.asarray(stay_ids)).fillna("").astype(str).to_numpy()

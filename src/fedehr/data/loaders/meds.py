@@ -1,7 +1,8 @@
 """MEDS datasets (Medical Event Data Standard 0.4: ``data/**/*.parquet`` + ``metadata/``) -> Cohort.
 
 One ICU stay per subject. Time 0 is the subject's first ``admission_code`` event (default "ICU_ADMISSION"),
-or, for a subject without one, its first timed event. Codes become features through a code map:
+or, for a subject without one, its first timed event other than MEDS_BIRTH. Subjects without any timed event
+(static rows only) are not stays. Codes become features through a code map:
 
   * without ``code_map``: a code equal to a temporal feature name ("HR", "Lactate"; the catalogue's names, or
     the names in ``metadata/fedehr_schema.json``) is that feature; "STATIC//<name>" is static feature <name>
@@ -162,12 +163,13 @@ def load(path: Path, *, hours: float = 48, bin_hours: float = 1, site_by: str | 
         sid = b.column("subject_id").to_numpy(zero_copy_only=False).astype(np.int64)
         t = _time_us(b.column("time"))
         timed = t != _NULL
-        if timed.any():
-            first.append(pd.DataFrame({"sid": sid[timed], "t": t[timed]}).groupby("sid", sort=False).min())
         # Work on the distinct codes of the batch, then gather per row through the dictionary indices.
         enc = pc.dictionary_encode(pc.fill_null(b.column("code"), ""))
         idx = enc.indices.to_numpy(zero_copy_only=False)
         uniq = pd.Series(enc.dictionary.to_pylist(), dtype=object)
+        care = timed & (uniq != BIRTH_CODE).to_numpy()[idx]  # birth is no care event: never time 0
+        if care.any():
+            first.append(pd.DataFrame({"sid": sid[care], "t": t[care]}).groupby("sid", sort=False).min())
         present |= set(uniq.to_numpy()[np.unique(idx[timed])])
         sel = uniq.isin(special).to_numpy()[idx]
         if sel.any():

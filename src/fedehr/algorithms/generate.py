@@ -1,0 +1,243 @@
+"""Sampling synthetic cohorts from a trained run (or from a workflow's in-memory model).
+
+One draw (vectorised over a batch of stays):
+  1. labels y ~ the federated label distribution (joint label patterns counted at the sites), or fixed by
+     ``condition`` / redrawn with a requested ``prevalence`` (other labels then follow the conditional);
+  2. u ~ N(0, I); static ŝ ~ p(s | u, y) (``condition`` may fix static features, see ``_static_hook``);
+  3. the TCVAE decoder gives the latent sequence ĥ_{1:T} (un-standardised with the federated latent moments)
+     and the frozen global AE decoder maps it to head outputs (fedavg-direct: the TCVAE outputs the heads);
+  4. mask ~ Bernoulli(sigmoid(mask logits)), binary ~ Bernoulli, categorical ~ softmax, numeric = mean;
+     normalisation inverted, values clipped to each feature's valid range, NaN where not observed;
+  5. counts = mask × a count drawn from the federated per-feature distribution of measurements per bin.
+Conditioning on a static feature sets it before the sequence is decoded (an intervention on s in
+p(h | u, y, s)); u is still drawn from the prior, so this is not an exact posterior conditional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedehr.config import ExperimentConfig, resolve_device
+from fedehr.data.cohort import Cohort
+from fedehr.data.schema import Schema
+from fedehr.data.transforms import Normaliser
+from fedehr.errors import InputError
+from fedehr.models.autoencoder import Autoencoder, build_autoencoder
+from fedehr.models.encoding import Layout, sample_heads, to_arrays
+from fedehr.models.tcvae import TCVAE, build_tcvae
+from fedehr.models.tcvae import sample as tcvae_sample
+from fedehr.training.checkpoint import load_bundle, load_numpy_state
+
+SYNTHETIC_ID_BASE = 10**12  # synthetic stay ids start here, far above real ids
+
+
+@dataclass
+class SyntheticGenerator:
+    """A trained generator with everything sampling needs (networks, normaliser, federated distributions)."""
+
+    cfg: ExperimentConfig
+    schema: Schema
+    normaliser: Normaliser
+    ae: Autoencoder | None
+    tcvae: TCVAE
+    sampling: dict[str, Any]
+    run: str = ""
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.of(self.schema)
+
+    def to(self, device: str) -> SyntheticGenerator:
+        if self.ae is not None:
+            self.ae.to(device).eval()
+        self.tcvae.to(device).eval()
+        return self
+
+    # ---- labels ------------------------------------------------------------------------------------------
+    def _labels(self, n: int, rng: np.random.Generator, fixed: dict[int, float], prevalence: float | None
+                ) -> np.ndarray:
+        """(n, L) float32 labels from the federated joint pattern distribution."""
+        names = list(self.schema.labels)
+        n_lab = len(names)
+        probs = np.asarray(self.sampling["label_probs"], dtype=np.float64)  # (2^L,)
+        pats = ((np.arange(len(probs))[:, None] >> np.arange(n_lab)[None, :]) & 1).astype(np.float32)  # (2^L, L)
+        first = {}
+        if prevalence is not None:
+            j = names.index("mortality") if "mortality" in names else 0
+            if j in fixed:
+                raise InputError("both a prevalence and a fixed value were given for the same label",
+                                 field="prevalence", value=(prevalence, names[j]))
+            first[j] = (rng.random(n) < prevalence).astype(np.float32)
+        out = np.empty((n, n_lab), dtype=np.float32)
+        lead = {j: np.full(n, v, dtype=np.float32) for j, v in fixed.items()} | first  # (n,) per fixed label
+        keys = np.zeros(n, dtype=np.int64)  # group stays by the values of their fixed labels
+        for col in lead.values():
+            keys = keys * 2 + col.astype(np.int64)
+        for key in np.unique(keys):  # at most 2^(#fixed labels) groups
+            sel = keys == key
+            ok = np.ones(len(probs), dtype=bool)
+            row = np.flatnonzero(sel)[0]
+            for j, col in lead.items():
+                ok &= pats[:, j] == col[row]
+            p = np.where(ok, probs, 0.0)
+            if p.sum() <= 0:
+                want = {names[j]: float(col[row]) for j, col in lead.items()}
+                raise InputError("no training stay has this label combination", field="condition", value=want)
+            out[sel] = pats[rng.choice(len(p), size=int(sel.sum()), p=p / p.sum())]
+        return out
+
+    # ---- static conditioning -----------------------------------------------------------------------------
+    def _static_hook(self, fixed: dict[int, float]):
+        if not fixed:
+            return None
+        b = self.layout.static
+        raw = np.full((1, len(self.schema.static)), np.nan, dtype=np.float32)
+        for j, v in fixed.items():
+            raw[0, j] = v
+        z = self.normaliser.transform_static(raw)[0]
+        order = list(b.order)
+
+        def hook(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            d = {k: v.clone() for k, v in d.items()}
+            for j, v in fixed.items():
+                kind = self.schema.static[j].kind
+                if kind == "numeric":
+                    d["num"][:, b.num.index(j)] = float(z[j])
+                elif kind == "binary":
+                    d["bin"][:, b.bin.index(j)] = bool(v)
+                else:
+                    d["cat"][:, b.cat.index(j)] = int(v)
+                d["observed"][:, order.index(j)] = True
+            return d
+
+        return hook
+
+    def _check_condition(self, condition: dict[str, float] | None) -> tuple[dict[int, float], dict[int, float]]:
+        labels, static = {}, {}
+        for name, value in (condition or {}).items():
+            v = float(value)
+            if name in self.schema.labels:
+                if v not in (0.0, 1.0):
+                    raise InputError("a label condition must be 0 or 1", field=f"condition.{name}", value=value)
+                labels[list(self.schema.labels).index(name)] = v
+            elif name in self.schema.static_names:
+                j = self.schema.static_index(name)
+                spec = self.schema.static[j]
+                if not spec.valid_min <= v <= spec.valid_max:
+                    raise InputError("condition outside the feature's valid range", field=f"condition.{name}",
+                                     value=value, expected=f"[{spec.valid_min}, {spec.valid_max}]")
+                if spec.kind == "categorical" and (v != int(v) or not 0 <= v < len(spec.categories)):
+                    raise InputError("categorical condition must be a category code", field=f"condition.{name}",
+                                     value=value, expected=f"0..{len(spec.categories) - 1}")
+                static[j] = v
+            else:
+                raise InputError("unknown condition", field="condition", value=name,
+                                 expected="a label (" + ", ".join(self.schema.labels) + ") or a static feature ("
+                                 + ", ".join(self.schema.static_names) + ")")
+        return labels, static
+
+    # ---- sampling ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, *, seed: int = 0, condition: dict[str, float] | None = None,
+               prevalence: float | None = None, device: str = "cpu", batch_size: int | None = None) -> Cohort:
+        """``n`` synthetic stays as a Cohort (site 'synthetic', fresh stay ids)."""
+        if n < 1:
+            raise InputError("number of stays to sample must be >= 1", field="n", value=n)
+        if prevalence is not None and not 0.0 <= prevalence <= 1.0:
+            raise InputError("prevalence must be a probability", field="prevalence", value=prevalence,
+                             expected="a number in [0, 1]")
+        device = resolve_device(device)
+        self.to(device)
+        fixed_labels, fixed_static = self._check_condition(condition)
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        labels = self._labels(n, rng, fixed_labels, prevalence)
+        hook = self._static_hook(fixed_static)
+        bs = batch_size or self.cfg.sampling.batch_size
+        t, f = self.schema.n_bins, len(self.schema.temporal)
+        values = np.empty((n, t, f), dtype=np.float32)
+        counts = np.empty((n, t, f), dtype=np.uint16)
+        static = np.empty((n, len(self.schema.static)), dtype=np.float32)
+        cdf = self._count_cdf(device)
+        for a in range(0, n, bs):
+            y = torch.as_tensor(labels[a:a + bs], device=device)
+            v, c, s = self._batch(torch.cat([y, torch.ones_like(y)], 1), gen, hook, cdf)
+            values[a:a + bs], counts[a:a + bs], static[a:a + bs] = v, c, s
+        for j, val in fixed_static.items():
+            static[:, j] = val  # exact value (the normalise → invert round trip is only float-exact)
+        return Cohort(self.schema, SYNTHETIC_ID_BASE + np.arange(n, dtype=np.int64), np.full(n, "synthetic"),
+                      static, values, counts, labels,
+                      meta={"synthetic": True, "generator": self.cfg.method, "run": self.run, "seed": int(seed),
+                            "condition": dict(condition or {}), "prevalence": prevalence})
+
+    def _count_cdf(self, device: str) -> torch.Tensor:
+        pmf = np.asarray(self.sampling["count_pmf"], dtype=np.float64)  # (F, K) P(count = k + 1 | observed)
+        cdf = np.cumsum(pmf, axis=1)
+        cdf /= np.maximum(cdf[:, -1:], 1e-12)
+        keep = max(int((cdf < 1.0 - 1e-9).sum(1).max()) + 1, 1)  # trim the all-zero tail
+        return torch.as_tensor(cdf[:, :keep], dtype=torch.float32, device=device).contiguous()
+
+    def _batch(self, y: torch.Tensor, gen: torch.Generator, hook, cdf: torch.Tensor
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sc = self.cfg.sampling
+        lay = self.layout
+        out, static_draws = tcvae_sample(self.tcvae, lay, y, generator=gen, mask_mode=sc.mask,
+                                         binary_mode=sc.binary, static_hook=hook)
+        if self.ae is not None:
+            mean = torch.as_tensor(self.sampling["latent_mean"], dtype=out.dtype, device=out.device)
+            std = torch.as_tensor(self.sampling["latent_std"], dtype=out.dtype, device=out.device)
+            out = self.ae.decode(out * std + mean)                   # (B, T, D) head outputs
+        draws = sample_heads(out, lay.temporal, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary)
+        values = to_arrays(draws, lay.temporal, self.normaliser.inverse_transform)
+        lo = np.array([s.valid_min for s in self.schema.temporal], dtype=np.float32)
+        hi = np.array([s.valid_max for s in self.schema.temporal], dtype=np.float32)
+        np.clip(values, lo, hi, out=values)                          # NaN stays NaN
+        # counts: inverse-CDF draw per feature, (F, B·T) rows against the (F, K) CDF.
+        b, t, f = out.shape[0], self.schema.n_bins, len(self.schema.temporal)
+        u = torch.rand((f, b * t), generator=gen, device=out.device)
+        k = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1) + 1  # (F, B·T) counts 1..K
+        counts = k.T.reshape(b, t, f).to(torch.int32).cpu().numpy().astype(np.uint16)
+        counts[np.isnan(values)] = 0
+        if self.schema.static:
+            static = to_arrays(static_draws, lay.static, self.normaliser.inverse_transform_static)
+            slo = np.array([s.valid_min for s in self.schema.static], dtype=np.float32)
+            shi = np.array([s.valid_max for s in self.schema.static], dtype=np.float32)
+            np.clip(static, slo, shi, out=static)
+        else:
+            static = np.empty((b, 0), dtype=np.float32)
+        return values, counts, static
+
+
+def build_generator(cfg: ExperimentConfig, schema: Schema, normaliser: Normaliser,
+                    models: dict[str, dict[str, np.ndarray]], sampling: dict[str, Any], run: str = ""
+                    ) -> SyntheticGenerator:
+    """Rebuild networks from the config and load their weights (prefix-free state dicts)."""
+    lay = Layout.of(schema)
+    ae = None
+    if cfg.two_stage:
+        if "ae" not in models:
+            raise InputError("run bundle lacks the autoencoder weights", field="model/ae.safetensors")
+        ae = load_numpy_state(build_autoencoder(cfg.ae, lay), models["ae"]).eval()
+    if "tcvae" not in models:
+        raise InputError("run bundle lacks the TCVAE weights", field="model/tcvae.safetensors")
+    x_dim = cfg.ae.latent if cfg.two_stage else lay.x_dim
+    tc = load_numpy_state(build_tcvae(cfg.tcvae, lay, x_dim=x_dim), models["tcvae"]).eval()
+    return SyntheticGenerator(cfg, schema, normaliser, ae, tc, sampling, run)
+
+
+def load_generator(run_dir: str | Path) -> SyntheticGenerator:
+    """The trained generator of a run directory (see fedehr.training.checkpoint for the layout)."""
+    b = load_bundle(run_dir)
+    return build_generator(b.cfg, b.schema, b.normaliser, b.models, b.sampling, run=str(run_dir))
+
+
+def sample(run_dir: str | Path, n: int, *, seed: int = 0, condition: dict[str, float] | None = None,
+           prevalence: float | None = None, device: str = "cpu", batch_size: int | None = None) -> Cohort:
+    """Draw ``n`` synthetic stays from the model saved in ``run_dir``."""
+    return load_generator(run_dir).sample(n, seed=seed, condition=condition, prevalence=prevalence, device=device,
+                                          batch_size=batch_size)

@@ -1,0 +1,355 @@
+"""Flower's deployment runtime: command lines, TLS material, SuperNode keys, app projects, processes.
+
+One SuperLink runs at the coordinating centre (``flower-superlink``, HTTPS on one port for the Fleet,
+Control and runtime APIs in flwr 1.41); every hospital runs one SuperNode on its own cohort
+(``fedehr site`` builds the ``flower-supernode`` command line); the researcher submits a run with
+``fedehr train --superlink NAME`` (``flwr run`` of a generated app project whose run config carries the
+experiment). Everything started here is tracked by PID and stopped with its whole process tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from fedehr.errors import FedEHRError, InputError
+
+APP_NAME = "fedehr-run"
+
+
+# ---- executables and environment -------------------------------------------------------------------------
+def executable(name: str) -> str:
+    """A Flower console script, preferably from this Python's own environment."""
+    local = Path(sys.executable).with_name(name)
+    if local.is_file():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise FedEHRError(f"{name} not found; install fedehr with its Flower dependency (pip install fedehr)")
+    return found
+
+
+def flower_env(flwr_home: str | Path | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes: telemetry off, no runtime ``uv sync``, optional FLWR_HOME."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+# ---- TLS certificates and SuperNode keys -----------------------------------------------------------------
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path      # CA certificate: give it to every SuperNode (--root-certificates) and to the flwr CLI
+    cert: Path    # SuperLink certificate (PEM), SAN = the hosts it is reached by
+    key: Path     # SuperLink private key (PEM): stays on the SuperLink host
+
+
+def make_tls_material(out_dir: str | Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+                      days: int = 365) -> TlsFiles:
+    """A private CA and a SuperLink certificate for ``hosts`` (IP addresses or DNS names).
+
+    For trials and tests; a production federation should use the certificates of its own PKI.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    valid = {"not_valid_before": now - datetime.timedelta(minutes=5),
+             "not_valid_after": now + datetime.timedelta(days=days)}
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedehr federation CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(valid["not_valid_before"])
+          .not_valid_after(valid["not_valid_after"])
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = TlsFiles(out / "ca.crt", out / "server.pem", out / "server.key")
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
+    files.key.chmod(0o600)
+    return files
+
+
+def make_node_key(out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """An ECDSA P-384 key pair in OpenSSH format, as Flower's SuperNode authentication expects.
+
+    The private key stays at the hospital (``fedehr site --auth-key``); the public key is registered at the
+    SuperLink with ``flwr supernode register KEY.pub CONNECTION``.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = out / name, out / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    return private, public
+
+
+# ---- command lines ---------------------------------------------------------------------------------------
+def superlink_command(*, host: str = "0.0.0.0", port: int = 8000, tls: TlsFiles | None = None,
+                      supernode_auth: bool = True, database: str | Path | None = None) -> list[str]:
+    """``flower-superlink`` for the coordinating centre (HTTPS unless ``tls`` is None)."""
+    cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
+           "--disable-runtime-dependency-installation"]
+    if tls is None:
+        if supernode_auth:
+            raise InputError("SuperNode authentication needs TLS", field="tls", expected="TLS certificate files")
+        cmd.append("--insecure")
+    else:
+        cmd += ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
+    if supernode_auth:
+        cmd.append("--enable-supernode-auth")
+    if database is not None:
+        cmd += ["--database", str(database)]
+    return cmd
+
+
+def _toml_string(value: str, what: str) -> str:
+    """A TOML string Flower's ``--node-config`` parser accepts (it cannot carry quotes inside values)."""
+    if "'" not in value and "\n" not in value:
+        return f"'{value}'"
+    if '"' not in value and "\\" not in value and "\n" not in value:
+        return f'"{value}"'
+    raise InputError("cannot pass this value through Flower's --node-config", field=what, value=value,
+                     expected="a value without both quote characters and without newlines")
+
+
+def node_config_arg(cohort: str | Path, site: str | None = None, device: str = "cpu") -> str:
+    parts = [f"cohort={_toml_string(str(Path(cohort).resolve()), 'cohort')}"]
+    if site:
+        parts.append(f"site={_toml_string(site, 'site')}")
+    parts.append(f"device={_toml_string(device, 'device')}")
+    return " ".join(parts)
+
+
+def supernode_command(*, superlink: str, cohort: str | Path, site: str | None = None,
+                      root_certificates: str | Path | None = None, auth_key: str | Path | None = None,
+                      insecure: bool = False, runtime_port: int = 9094, device: str = "cpu",
+                      max_wait_s: float | None = None) -> list[str]:
+    """``flower-supernode`` for one hospital: its own cohort, TLS to the SuperLink, optional node key."""
+    if insecure and (root_certificates or auth_key):
+        raise InputError("--insecure cannot be combined with TLS certificates or an authentication key",
+                         field="insecure")
+    cmd = [executable("flower-supernode"), "--superlink", superlink,
+           "--node-config", node_config_arg(cohort, site, device), "--port", str(runtime_port)]
+    if insecure:
+        cmd.append("--insecure")
+    elif root_certificates:
+        cmd += ["--root-certificates", str(root_certificates)]
+    if auth_key:
+        cmd += ["--auth-supernode-private-key", str(auth_key)]
+    if max_wait_s is not None:
+        cmd += ["--max-wait-time", str(max_wait_s)]
+    return cmd
+
+
+# ---- flwr CLI configuration and the app project ----------------------------------------------------------
+def write_flower_config(flwr_home: str | Path, name: str, address: str, *,
+                        root_certificates: str | Path | None = None, insecure: bool = False,
+                        default: bool = True) -> Path:
+    """Add (or replace) connection ``name`` in ``$FLWR_HOME/config.toml`` (other entries are kept)."""
+    import tomli_w
+
+    path = Path(flwr_home) / "config.toml"
+    data: dict[str, Any] = tomllib.loads(path.read_text()) if path.is_file() else {}
+    links = data.setdefault("superlink", {})
+    entry: dict[str, Any] = {"address": address}
+    if insecure:
+        entry["insecure"] = True
+    elif root_certificates is not None:
+        entry["root-certificates"] = str(Path(root_certificates).resolve())
+    links[name] = entry
+    if default or "default" not in links:
+        links["default"] = name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def write_app_project(out_dir: str | Path, run_config: Mapping[str, Any]) -> Path:
+    """A minimal Flower app project (pyproject.toml only) running fedehr's ServerApp / ClientApp.
+
+    ``flwr run`` packages it and the SuperLink / SuperNodes import the components from the fedehr package
+    installed in their environment. Its run config declares every key the ServerApp reads (Flower refuses
+    run-config overrides of undeclared keys), with this run's values as defaults.
+    """
+    import tomli_w
+
+    from fedehr import __version__
+    from fedehr.federation.server_app import RUN_CONFIG_KEYS
+
+    unknown = set(run_config) - set(RUN_CONFIG_KEYS) - {"cohort", "device", "seed"}
+    if unknown:
+        raise InputError("unknown run config keys", field="run_config", value=sorted(unknown),
+                         expected=", ".join(sorted(RUN_CONFIG_KEYS)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    project = {
+        "project": {"name": APP_NAME, "version": __version__, "description": "fedehr federated training run",
+                    "license": "Apache-2.0", "dependencies": []},
+        "tool": {"flwr": {"app": {
+            "publisher": "fedehr",
+            "components": {"serverapp": "fedehr.federation.server_app:app",
+                           "clientapp": "fedehr.federation.client_app:app"},
+            "config": {**RUN_CONFIG_KEYS, **dict(run_config)},
+        }}},
+    }
+    (out / "pyproject.toml").write_text(tomli_w.dumps(project))
+    return out
+
+
+# ---- processes -------------------------------------------------------------------------------------------
+def stop_tree(pid: int, grace_s: float = 10.0) -> list[int]:
+    """Terminate ``pid`` and every descendant (collected first), then kill what is left. PIDs stopped."""
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    return [p.pid for p in procs]
+
+
+class ProcessSet:
+    """Background Flower processes started by fedehr (tests, trials); each stopped with its tree by PID."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self._files: list[IO[bytes]] = []
+        self.seen: dict[tuple[int, float], psutil.Process] = {}
+
+    def start(self, name: str, cmd: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
+              cwd: str | Path | None = None) -> subprocess.Popen:
+        fh = open(log, "wb")  # noqa: SIM115  (closed in stop_all)
+        self._files.append(fh)
+        proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=dict(env or os.environ),
+                                cwd=cwd, start_new_session=True)
+        self.procs[name], self.logs[name] = proc, log
+        return proc
+
+    def snapshot(self) -> None:
+        """Remember current descendants too: Flower starts detached helpers (flower-superexec)."""
+        for proc in self.procs.values():
+            with contextlib.suppress(psutil.Error):
+                for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+                    self.seen[(p.pid, p.create_time())] = p
+
+    def pids(self) -> list[int]:
+        self.snapshot()
+        return sorted(p.pid for p in self.seen.values())
+
+    def stop_all(self, grace_s: float = 10.0) -> list[int]:
+        self.snapshot()
+        stopped: list[int] = []
+        for proc in reversed(list(self.procs.values())):
+            stopped += stop_tree(proc.pid, grace_s)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace_s)
+        left = [p for p in self.seen.values() if _alive(p)]
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(left, timeout=grace_s)
+        for fh in self._files:
+            fh.close()
+        return stopped
+
+    def survivors(self) -> list[int]:
+        return [p.pid for p in self.seen.values() if _alive(p)]
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def run_foreground(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """Run ``cmd`` attached to this terminal; SIGINT / SIGTERM are forwarded; its tree is stopped after."""
+    proc = subprocess.Popen(list(cmd), env=dict(env or os.environ), start_new_session=True)
+    seen: dict[tuple[int, float], psutil.Process] = {}
+
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            with contextlib.suppress(psutil.Error):
+                for p in psutil.Process(proc.pid).children(recursive=True):
+                    seen[(p.pid, p.create_time())] = p
+            try:
+                return proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if proc.poll() is None:
+            stop_tree(proc.pid)
+        left = [p for p in seen.values() if _alive(p)]
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, still = psutil.wait_procs(left, timeout=10)
+        for p in still:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+def flwr_run(app_dir: str | Path, connection: str, *, flwr_home: str | Path | None = None,
+             extra: Iterable[str] = ()) -> int:
+    """``flwr run APP CONNECTION --stream`` in the foreground; its exit code."""
+    cmd = [executable("flwr"), "run", str(app_dir), connection, "--stream", *extra]
+    return run_foreground(cmd, env=flower_env(flwr_home))
