@@ -179,6 +179,8 @@ class WeightingConfig(_Section):
         "divergence-softmax", "site weights: n_k | 1 | n_k exp(-D_k/τ) | n_k (1 + D_k/τ)")
     divergence: Literal["kl", "w2"] = _f("kl", "D_k between a site's aggregate posterior and the mixture")
     temperature: float = _f(0.0, "τ; 0 means the median of the round's D_k", min=0.0)
+    min_temperature: float = _f(0.05, "floor on the automatic τ (nats), so divergences far below it (sampling "
+                                "noise, early rounds near the prior) leave the weights ≈ n_k", min=0.0)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from fedehr.data.exporters import physionet2012 as pn_export
 from fedehr.data.loaders import long as long_loader
 from fedehr.data.loaders import meds as meds_loader
 from fedehr.data.schema import FeatureSpec, Schema
-from fedehr.data.sources import exporter, load_source, loader
+from fedehr.data.sources import detect_source, exporter, load_source, loader
 from fedehr.errors import InputError
 
 # (exporter, loader, output name, sub-path the loader reads)
@@ -98,6 +98,8 @@ def test_tiny_cohort_round_trip(fmt, tmp_path: Path, tiny_schema: Schema) -> Non
     c = in_range(make_tiny_cohort(tiny_schema, n=40))
     assert c.counts.sum() > 300
     assert_same(c, round_trip(c, tmp_path, fmt))
+    _, load, name, sub = fmt
+    assert detect_source(tmp_path / name / sub if sub else tmp_path / name) == load
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=IDS)

@@ -128,3 +128,34 @@ def pooled_moments(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np
     n = mask.sum(axis=(0, 1))
     mean = x.sum(axis=(0, 1)) / n
     return mean, (x**2).sum(axis=(0, 1)) / n - mean**2
+
+
+# ---- cohort directories for runtime tests ------------------------------------------------------------------
+def tiny_schema():
+    from fedehr.data.catalogue import static_specs, temporal_specs
+    from fedehr.data.schema import Schema
+
+    return Schema(temporal=temporal_specs(["HR", "MAP", "Temp", "Lactate", "MechVent"]),
+                  static=static_specs(["Age", "Gender"]), hours=6, bin_hours=1, source="test")
+
+
+def write_cohort(root: Path, *, n: int = 90, n_sites: int = 3, seed: int = 0) -> Path:
+    """A tiny cohort directory with ``n_sites`` sites and per-site train/test splits."""
+    from conftest import make_tiny_cohort
+
+    from fedehr.data.store import make_splits, save_cohort
+
+    cohort = make_tiny_cohort(tiny_schema(), n=n, seed=seed, n_sites=n_sites)
+    return save_cohort(cohort, root, splits=make_splits(cohort, seed=seed))
+
+
+def write_site_cohorts(root: Path, cohort_dir: Path) -> dict[str, Path]:
+    """One cohort directory per site, as each hospital would hold its own (splits kept)."""
+    from fedehr.data.store import load_cohort, read_splits, save_cohort
+
+    full, splits = load_cohort(cohort_dir), read_splits(cohort_dir)
+    out = {}
+    for site in full.site_names:
+        sel = full.sites == site
+        out[site] = save_cohort(full.subset(sel), Path(root) / site, splits=splits[sel])
+    return out

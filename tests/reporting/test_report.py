@@ -190,17 +190,20 @@ def test_per_site_table_lists_every_site_and_metric(report: tuple[Path, str]) ->
     """Site facts first, then every metric's value per site and pooled, TSTR/TRTR AUROC, skip reasons."""
     rows = table_rows(report[1], "per-site-table")
     assert rows[0] == ["family", "metric", "site0", "site1", "site2", "pooled"]
-    skip = "fewer than 10 real train or test stays at this site"
     assert rows[1:] == [
         ["", "n_train", "20", "20", "3", "—"],
         ["", "n_test", "10", "10", "1", "—"],
-        ["", "skipped", "—", "—", skip, "—"],
+        ["", "skipped", "—", "—", "skipped [1]", "—"],
         ["fidelity", "discriminative_gbm", "0.61", "0.655", "—", "0.6234"],
         ["utility", "utility_logreg", "-0.05", "-0.1", "—", "-0.0712"],
         ["utility", "utility_logreg · tstr AUROC", "0.7", "0.62", "—", "0.7"],
         ["utility", "utility_logreg · trtr AUROC", "0.75", "0.72", "—", "0.7712"],
-        ["privacy", "nndr", "0.9", "skipped: needs &gt;= 2 real training stays", "—", "0.912"],
+        ["privacy", "nndr", "0.9", "skipped [2]", "—", "0.912"],
     ]
+    notes = re.search(r'<ol class="notes muted">(.*?)</ol>', report[1], re.S)
+    assert notes and re.findall(r"<li>(.*?)</li>", notes.group(1)) == [
+        "skipped: fewer than 10 real train or test stays at this site",
+        "skipped: needs &gt;= 2 real training stays"]
 
 
 def test_run_info_and_federated_evaluation_are_shown(report: tuple[Path, str]) -> None:
@@ -297,9 +300,10 @@ def test_stay_means_ignore_missing_bins() -> None:
 
 def test_report_of_a_real_evaluation(tmp_path: Path, cohorts: Cohorts) -> None:
     """End to end with fedehr.evaluation: every headline metric, every site and the artefact figures appear."""
-    suite = pytest.importorskip("fedehr.evaluation.suite", reason="fedehr.evaluation is not installed")
+    from fedehr.evaluation.suite import evaluate  # imported here: the other tests need only the report
+
     c = cohorts
-    ev = suite.evaluate(c.train, c.test, c.synthetic, seed=0, fast=True)
+    ev = evaluate(c.train, c.test, c.synthetic, seed=0, fast=True)
     text = render(tmp_path / "r.html", c, evaluation=ev)
     names = [r[0] for r in table_rows(text, "summary-table")[1:]]
     assert names == [r["name"] for r in ev.metrics["summary"]]

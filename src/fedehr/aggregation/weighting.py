@@ -10,7 +10,7 @@ and site k's divergence from the mixture is (methods.md 1.6)
     D_k = KL(N(m_k, v_k) || N(m, v)) = ½ Σ_d [ v_kd / v_d + (m_d − m_kd)² / v_d − 1 + ln(v_d / v_kd) ]
     (or the squared 2-Wasserstein distance W₂² = ||m_k − m||² + ||√v_k − √v||²).
 
-Rules (α normalised to sum 1; τ = median_k D_k unless given, the mean if that median is 0):
+Rules (α normalised to sum 1; τ = max(median_k D_k, τ_min) unless given; the mean if that median is 0):
     fedavg              α_k ∝ n_k
     uniform             α_k ∝ 1
     divergence-softmax  α_k ∝ n_k exp(−D_k / τ)      down-weights outlying sites
@@ -81,7 +81,7 @@ class SiteWeights:
 
 
 def site_weights(rule: str, n: np.ndarray, m: np.ndarray | None = None, v: np.ndarray | None = None, *,
-                 divergence: str = "kl", temperature: float = 0.0) -> SiteWeights:
+                 divergence: str = "kl", temperature: float = 0.0, min_temperature: float = 0.0) -> SiteWeights:
     """Weights α (K,) for K sites of sizes n under ``rule``; m, v (K, U) are the sites' posterior moments."""
     if rule not in RULES:
         raise InputError("unknown weighting rule", field="weighting.rule", value=rule, expected=" | ".join(RULES))
@@ -102,6 +102,8 @@ def site_weights(rule: str, n: np.ndarray, m: np.ndarray | None = None, v: np.nd
     tau = float(temperature) if temperature > 0 else float(np.median(d))
     if tau <= 1e-12:
         tau = float(d.mean())  # a median of 0 with some D_k > 0 (e.g. one outlier among identical sites)
+    if temperature <= 0:
+        tau = max(tau, min_temperature)
     if tau <= 1e-12:
         tau = 0.0  # identical sites: every D_k / τ is taken as 0, so the rules reduce to n_k (or 1)
     return SiteWeights(normalise_weights(RULES[rule](n, d, tau)), d, tau)

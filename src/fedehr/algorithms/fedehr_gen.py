@@ -364,7 +364,8 @@ class GenWorkflow:
         m = np.stack([r.arrays["post_mean"] for r in got])
         v = np.stack([r.arrays["post_var"] for r in got])
         w = site_weights(self.rule, n, m, v, divergence=self.cfg.weighting.divergence,
-                         temperature=self.cfg.weighting.temperature)
+                         temperature=self.cfg.weighting.temperature,
+                         min_temperature=self.cfg.weighting.min_temperature)
         self.tcvae = weighted_average([_strip(r.arrays, "tcvae/") for r in got], w.alpha)
         entry.update({"weights": dict(zip(sites, w.alpha.tolist(), strict=True)),
                       "divergence": dict(zip(sites, w.divergence.tolist(), strict=True)), "tau": w.tau,

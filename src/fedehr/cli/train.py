@@ -1,20 +1,227 @@
-"""Placeholder replaced by its owner during this session."""
+"""`fedehr train`, `fedehr sample` and `fedehr site`."""
 
 from __future__ import annotations
 
-from fedehr.errors import NotImplementedYetError
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fedehr.errors import InputError
+
+FEDERATED = ("fedehr-gen", "fedavg", "fedavg-direct")
 
 
-def train() -> None:
-    """Not available yet."""
-    raise NotImplementedYetError("fedehr train is not available in this build")
+# ---- train -----------------------------------------------------------------------------------------------
+def _resolve_config(out: Path, config: Path | None, overrides: list[str], method: str | None,
+                    device: str | None, site: str | None, resume: bool) -> Any:
+    """The experiment config: from RUN/config.toml on --resume, else defaults → --config → --set → flags."""
+    from fedehr.config import load_config
+
+    if resume:
+        if config is not None or overrides or method is not None or site is not None:
+            raise InputError("a resumed run keeps its configuration", file=out / "config.toml",
+                             field="--config/--set/--method/--site", expected="only --device with --resume")
+        if not (out / "config.toml").is_file():
+            raise InputError("nothing to resume here", file=out,
+                             expected="the --out directory of an unfinished `fedehr train` run")
+        cfg = load_config(out / "config.toml", [])
+        return cfg.replace(device=device) if device else cfg
+    flags = [f"{k}={json.dumps(v)}" for k, v in
+             (("method", method), ("device", device), ("local_site", site)) if v is not None]
+    return load_config(config, [*overrides, *flags])
 
 
-def sample() -> None:
-    """Not available yet."""
-    raise NotImplementedYetError("fedehr sample is not available in this build")
+def _progress_ui() -> tuple[Any, Any]:
+    """A rich progress bar driven by the runtime's (event, info) callbacks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[sites]}"), TextColumn("{task.fields[loss]}"), TimeElapsedColumn())
+    task_id = bar.add_task("starting (sites connect)", total=None, sites="", loss="")
+
+    def on_event(event: str, info: dict[str, Any]) -> None:
+        if event == "sites":
+            bar.update(task_id, description="sites ready", sites=f"{len(info['sites'])} sites")
+            return
+        replied, sites = len(info["replied"]), len(info["sites"])
+        missing = f" [red]missing {', '.join(info['missing'])}[/]" if info["missing"] else ""
+        loss = info["metrics"].get("loss")
+        bar.update(task_id, description=info["label"] or info["action"], total=info.get("total_steps"),
+                   completed=info.get("step") or info["round"] + 1, sites=f"{replied}/{sites} replied{missing}",
+                   loss="" if loss is None else f"loss {loss:.4g}")
+
+    return bar, on_event
 
 
-def site() -> None:
-    """Not available yet."""
-    raise NotImplementedYetError("fedehr site is not available in this build")
+def _print_result(metrics: dict[str, Any], out: Path) -> None:
+    from fedehr.cli.render import console
+
+    rt = metrics["runtime"]
+    console.print(f"[green]done[/]: {rt['n_rounds']} rounds over {len(rt['sites'])} site(s) "
+                  f"({', '.join(rt['sites'])}) in {rt['wall_s']:.1f} s; "
+                  f"{rt['bytes_sent'] / 1e6:.2f} MB sent, {rt['bytes_received'] / 1e6:.2f} MB received")
+    if rt["missing"]:
+        console.print(f"[yellow]sites missing in some rounds[/]: {rt['missing']} (errors in metrics.json)")
+    console.print(f"run written to [bold]{out}[/] (model files, metrics.json, config.toml)")
+
+
+def train(
+    cohort: Path = typer.Option(None, "--cohort", "-c", help="cohort directory from `fedehr prepare` "
+                                "(its train split is used; one simulated SuperNode per site)"),
+    method: str = typer.Option(None, "--method", "-m", help="fedehr-gen | fedavg | fedavg-direct | "
+                               "centralized | local (default: the config's method)"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory (created; must not exist unless --resume)"),
+    config: Path = typer.Option(None, "--config", help="experiment TOML, e.g. configs/tiny.toml"),
+    overrides: list[str] = typer.Option(None, "--set", help="config override section.key=value (repeatable)"),
+    device: str = typer.Option(None, "--device", help="cpu | cuda | auto"),
+    resume: bool = typer.Option(False, "--resume", help="continue an unfinished run from its last completed "
+                                "round (config from RUN/config.toml)"),
+    site: str = typer.Option(None, "--site", help="method local: the site to train on"),
+    parallel: int = typer.Option(2, "--parallel", min=1, help="simulation: sites that train at the same time "
+                                 "(Ray CPUs; one per site)"),
+    superlink: str = typer.Option(None, "--superlink", help="deployment: submit the run to this SuperLink "
+                                  "connection of $FLWR_HOME/config.toml (`flwr run`); --out is then a path on "
+                                  "the SuperLink host"),
+) -> None:
+    """Train a generator: federated methods in Flower's simulation runtime (or on a deployed SuperLink with
+    --superlink), centralized/local in-process. Writes RUN/config.toml first, checkpoints every round."""
+    from fedehr.cli.render import console
+
+    out = out.resolve()
+    cfg = _resolve_config(out, config, list(overrides or []), method, device, site, resume)
+    if superlink is not None:
+        _train_deployed(cfg, out, superlink, resume)
+        return
+    if cohort is None:
+        raise InputError("--cohort is required", field="--cohort", expected="a directory from `fedehr prepare`")
+    from fedehr.data.store import is_cohort_dir
+
+    if not is_cohort_dir(cohort):
+        raise InputError("not a fedehr cohort directory", file=cohort, expected="a directory from `fedehr prepare`")
+    if not resume:
+        if out.exists() and any(out.iterdir()):
+            raise InputError("output directory already exists", file=out,
+                             expected="a new --out directory, or --resume to continue an unfinished run")
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_toml(out / "config.toml")
+    bar, on_event = _progress_ui()
+    console.print(f"training [bold]{cfg.method}[/] on {cohort} -> {out}")
+    with bar:
+        if cfg.method in FEDERATED:
+            from fedehr.federation.simulation import train_federated
+
+            metrics = train_federated(cfg, cohort, out, resume=resume, parallel=parallel, progress=on_event)
+        else:
+            from fedehr.federation.baseline import train_inprocess
+
+            metrics = train_inprocess(cfg, cohort, out, resume=resume, progress=on_event)
+    _print_result(metrics, out)
+
+
+def _train_deployed(cfg: Any, out: Path, superlink: str, resume: bool) -> None:
+    """Submit the run to a deployed SuperLink with `flwr run` and stream its log."""
+    from fedehr.cli.render import console
+    from fedehr.errors import FedEHRError
+    from fedehr.federation.deployment import flwr_run, write_app_project
+
+    if cfg.method not in FEDERATED:
+        raise InputError("only federated methods run on a SuperLink", field="method", value=cfg.method,
+                         expected=" | ".join(FEDERATED))
+    run_config = {"run-dir": str(out), "config-json": json.dumps(cfg.to_dict()), "resume": resume}
+    with tempfile.TemporaryDirectory(prefix="fedehr-app-") as tmp:
+        app_dir = write_app_project(tmp, run_config)
+        console.print(f"submitting [bold]{cfg.method}[/] to SuperLink connection [bold]{superlink}[/]; "
+                      f"outputs go to {out} on the SuperLink host")
+        code = flwr_run(app_dir, superlink)
+    if code != 0:
+        raise FedEHRError(f"`flwr run` exited with code {code}; see the log above")
+    if (out / "metrics.json").is_file():
+        _print_result(json.loads((out / "metrics.json").read_text()), out)
+
+
+# ---- sample ----------------------------------------------------------------------------------------------
+def _parse_condition(items: list[str]) -> dict[str, float] | None:
+    cond: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            cond[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise InputError("malformed --condition", field="--condition", value=item,
+                             expected="NAME=NUMBER, e.g. mortality=1 or Age=70")
+    return cond or None
+
+
+def sample(
+    run: Path = typer.Option(..., "--run", "-r", help="a completed run directory of `fedehr train`"),
+    n: int = typer.Option(..., "--n", "-n", min=1, help="number of synthetic stays"),
+    fmt: str = typer.Option("cohort", "--format", "-f", help="cohort | physionet2012 | meds | long"),
+    out: Path = typer.Option(..., "--out", "-o", help="output directory (must not exist unless --overwrite)"),
+    seed: int = typer.Option(0, "--seed", help="sampling seed"),
+    condition: list[str] = typer.Option(None, "--condition", help="fix a label or static feature, e.g. "
+                                        "mortality=1 (repeatable)"),
+    prevalence: float = typer.Option(None, "--prevalence", help="draw the mortality label with this prevalence"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists"),
+) -> None:
+    """Draw synthetic ICU stays from a trained run and export them."""
+    from fedehr.algorithms.generate import sample as draw
+    from fedehr.cli.render import console
+    from fedehr.data.sources import exporter
+
+    if not (run / "metrics.json").is_file():
+        why = " (it holds a FAILED marker: continue it with `fedehr train --resume`)" if (run / "FAILED").exists() \
+            else ""
+        raise InputError("not a completed training run" + why, file=run,
+                         expected="the --out directory of a finished `fedehr train`")
+    writer = exporter(fmt)  # unknown formats fail before sampling
+    cohort = draw(run, n, seed=seed, condition=_parse_condition(list(condition or [])), prevalence=prevalence,
+                  device=device)
+    writer.export(cohort, out, overwrite=overwrite)
+    prev = cohort.labels[:, 0].mean() if cohort.labels.shape[1] else float("nan")
+    console.print(f"{len(cohort)} synthetic stays written to [bold]{out}[/] as {fmt} "
+                  f"({cohort.schema.labels[0] if cohort.schema.labels else 'label'} prevalence {prev:.3f})")
+
+
+# ---- site ------------------------------------------------------------------------------------------------
+def site(
+    cohort: Path = typer.Option(..., "--cohort", "-c", help="this hospital's cohort directory (`fedehr prepare`)"),
+    superlink: str = typer.Option(..., "--superlink", help="HOST:PORT of the federation's SuperLink"),
+    site_name: str = typer.Option(None, "--site", help="site name (needed when the cohort holds several)"),
+    root_certificates: Path = typer.Option(None, "--root-certificates", help="CA certificate (PEM) that "
+                                           "signed the SuperLink's TLS certificate"),
+    auth_key: Path = typer.Option(None, "--auth-key", help="this SuperNode's private key (OpenSSH, ECDSA "
+                                  "P-384), registered at the SuperLink with `flwr supernode register`"),
+    insecure: bool = typer.Option(False, "--insecure", help="no TLS (local trials only)"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto for local training"),
+    runtime_port: int = typer.Option(9094, "--runtime-port", help="local port of this SuperNode's ClientApp "
+                                     "API (give each SuperNode on one host its own)"),
+) -> None:
+    """Run this hospital's Flower SuperNode on its own data until stopped (Ctrl-C)."""
+    from fedehr.cli.render import console
+    from fedehr.federation.client_app import train_sites
+    from fedehr.federation.deployment import flower_env, run_foreground, supernode_command
+
+    sites = train_sites(cohort)
+    if site_name is None and len(sites) != 1:
+        raise InputError("the cohort holds several sites", file=cohort, field="--site", expected=" | ".join(sites))
+    if site_name is not None and site_name not in sites:
+        raise InputError("site not in the cohort's train split", file=cohort, field="--site", value=site_name,
+                         expected=" | ".join(sites))
+    for path, what in ((root_certificates, "--root-certificates"), (auth_key, "--auth-key")):
+        if path is not None and not path.is_file():
+            raise InputError("file not found", file=path, field=what)
+    if not insecure and root_certificates is None:
+        console.print("[yellow]no --root-certificates: the SuperLink certificate is checked against the "
+                      "system's CA store[/]")
+    cmd = supernode_command(superlink=superlink, cohort=cohort, site=site_name or sites[0],
+                            root_certificates=root_certificates, auth_key=auth_key, insecure=insecure,
+                            runtime_port=runtime_port, device=device)
+    console.print(f"site [bold]{site_name or sites[0]}[/] joins {superlink} (Ctrl-C to leave)")
+    sys.exit(run_foreground(cmd, env=flower_env()))

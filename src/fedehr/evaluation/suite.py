@@ -457,30 +457,33 @@ def _per_feature(pooled: dict[str, Result], inp: Inputs) -> dict[str, dict[str, 
 
 
 def evaluate(train: Cohort, test: Cohort, synthetic: Cohort, *, seed: int = 0, label: str = "mortality",
-             per_site: bool = True, fast: bool = False) -> Evaluation:
+             per_site: bool = True, fast: bool = False, metrics: list[str] | tuple[str, ...] | None = None
+             ) -> Evaluation:
     """Fidelity, utility and privacy of ``synthetic`` against real ``train`` (what the generator saw) and real
     held-out ``test``, pooled and for each site of ``test`` (against the shared, pooled synthetic set).
 
     ``fast`` skips the GRU metrics and uses 50 bootstrap resamples and MMD on <= 1000 stays per set.
+    ``metrics`` restricts the run to these names of METRICS (default: all).
     """
     validate(train, test, synthetic, label)
+    selected = _select(metrics)
     settings = Settings(seed=seed, label=label, fast=fast, n_boot=50 if fast else 200,
                         mmd_max_n=1000 if fast else 2000)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     artifacts: dict[str, np.ndarray] = {}
     inp = Inputs.prepare(train, test, synthetic, settings)
-    pooled = {name: _run(spec, inp, artifacts, timings) for name, spec in METRICS.items()}
+    pooled = {name: _run(spec, inp, artifacts, timings) for name, spec in selected.items()}
     summary = [{"name": n, "family": s.family, "value": _clean(pooled[n].get("value")), "direction": s.direction,
                 "best": s.best, "threshold": s.threshold, "passed": s.passed(_clean(pooled[n].get("value"))),
-                "description": s.description} for n, s in METRICS.items()]
-    sites = _per_site(train, test, synthetic, inp, pooled, timings) if per_site else {}
+                "description": s.description} for n, s in selected.items()]
+    sites = _per_site(train, test, synthetic, inp, pooled, selected, timings) if per_site else {}
     metrics = {
         "summary": summary,
         "pooled": _families(pooled),
         "per_site": sites,
         "per_feature": _per_feature(pooled, inp),
-        "settings": {**settings.to_dict(), "per_site": per_site, "sizes": {
+        "settings": {**settings.to_dict(), "per_site": per_site, "metrics": list(selected), "sizes": {
             "train": len(train), "test": len(test), "synthetic": len(synthetic),
             "train_by_site": {s: int((train.sites == s).sum()) for s in train.site_names},
             "test_by_site": {s: int((test.sites == s).sum()) for s in test.site_names}},
@@ -489,8 +492,18 @@ def evaluate(train: Cohort, test: Cohort, synthetic: Cohort, *, seed: int = 0, l
     return Evaluation(metrics=_clean(metrics), artifacts=artifacts)
 
 
+def _select(names: list[str] | tuple[str, ...] | None) -> dict[str, MetricSpec]:
+    if names is None:
+        return dict(METRICS)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown or not names:
+        raise InputError("unknown metric names" if unknown else "no metric selected", field="metrics",
+                         value=unknown or list(names), expected=", ".join(METRICS))
+    return {n: METRICS[n] for n in METRICS if n in names}
+
+
 def _per_site(train: Cohort, test: Cohort, syn: Cohort, pooled_inp: Inputs, pooled: dict[str, Result],
-              timings: dict[str, float]) -> dict[str, Any]:
+              selected: dict[str, MetricSpec], timings: dict[str, float]) -> dict[str, Any]:
     """Each site of the real test data against the pooled synthetic set (scaled with the pooled real train)."""
     out: dict[str, Any] = {}
     for site in test.site_names:
@@ -501,8 +514,8 @@ def _per_site(train: Cohort, test: Cohort, syn: Cohort, pooled_inp: Inputs, pool
             continue
         inp = Inputs.prepare(train.subset(tr), test.subset(te), syn, pooled_inp.settings,
                              scalers=pooled_inp.scalers, scope=f"site:{site}")
-        res = {n: _run(s, inp, None, timings) for n, s in METRICS.items() if s.per_site}
-        for n, s in METRICS.items():
+        res = {n: _run(s, inp, None, timings) for n, s in selected.items() if s.per_site}
+        for n, s in selected.items():
             if not s.per_site:
                 block = pooled[n].get("per_site", {}).get(site, {"skipped": "not computed"})
                 res[n] = {"value": block.get("auroc_gap"), **block}

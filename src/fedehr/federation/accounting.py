@@ -10,6 +10,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
+from fedehr.algorithms.protocol import Reply
+
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -89,3 +93,20 @@ class Accounting:
             "handshake_failures": self.handshake_failures,
             "rounds": self.rounds,
         }
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite numeric scalar metrics of a reply (lists and labels dropped)."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)}
+
+
+def weighted_mean(replies: list[Reply]) -> dict[str, float]:
+    """Per metric, the mean over replies weighted by num_examples (plain mean when all weights are 0)."""
+    out = {}
+    for k in sorted({k for rep in replies for k in scalar_metrics(rep.metrics)}):
+        pairs = [(scalar_metrics(rep.metrics)[k], rep.num_examples) for rep in replies
+                 if k in scalar_metrics(rep.metrics)]
+        v, w = np.array(pairs, dtype=np.float64).T
+        out[k] = float(np.average(v, weights=w) if w.sum() > 0 else v.mean())
+    return out

@@ -39,14 +39,14 @@ def _flatten(tree: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
         return [_flatten(v, arrays, f"{path}/{i}") for i, v in enumerate(tree)]
     if type(tree).__module__.startswith("torch") and hasattr(tree, "detach"):  # a torch tensor
         arrays[path] = np.ascontiguousarray(tree.detach().cpu().numpy())
-        return {"__array__": path, "torch": True}
+        return {"__array__": path, "shape": list(tree.shape), "torch": True}
     if isinstance(tree, np.ndarray):
         if tree.dtype.kind in "US":  # strings: safetensors holds numbers only
             return {"__strings__": tree.astype(str).tolist(), "shape": list(tree.shape)}
         if tree.dtype == object:
             raise TypeError(f"state entry {path}: object arrays cannot be checkpointed")
         arrays[path] = np.ascontiguousarray(tree)
-        return {"__array__": path}
+        return {"__array__": path, "shape": list(tree.shape)}  # safetensors turns 0-d arrays into (1,)
     if isinstance(tree, np.generic):
         return tree.item()
     if tree is None or isinstance(tree, bool | int | float | str):
@@ -58,7 +58,7 @@ def _flatten(tree: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
 def _unflatten(tree: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(tree, dict):
         if "__array__" in tree:
-            a = arrays[tree["__array__"]]
+            a = arrays[tree["__array__"]].reshape(tree["shape"])
             if tree.get("torch"):
                 import torch
 

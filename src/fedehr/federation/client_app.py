@@ -32,11 +32,13 @@ from fedehr.data.cohort import Cohort
 from fedehr.errors import InputError
 from fedehr.federation.records import (
     HANDSHAKE,
-    is_numeric,
     arrays_to_record,
     content_to_task,
+    is_numeric,
     record_to_arrays,
     reply_to_content,
+    to_scalar,
+    zero_d_names,
 )
 
 Handler = Callable[[Task, SiteContext], Reply]
@@ -134,22 +136,26 @@ def _one_thread() -> None:
 
 
 # ---- SiteContext.state <-> Flower context.state ----------------------------------------------------------
+ZERO_D = "__zero_d__"  # names of 0-d arrays (Flower hands those back with shape (1,))
+
+
 def restore_state(ctx: SiteContext, state: RecordDict) -> None:
+    scalars = dict(state[STATE_SCALARS]) if STATE_SCALARS in state else {}
+    zero_d = list(scalars.pop(ZERO_D, []))
     if STATE_ARRAYS in state:
-        ctx.state.update(record_to_arrays(state[STATE_ARRAYS]))
-    if STATE_SCALARS in state:
-        ctx.state.update(dict(state[STATE_SCALARS]))
+        ctx.state.update(record_to_arrays(state[STATE_ARRAYS], zero_d))
+    ctx.state.update(scalars)
 
 
 def persist_state(ctx: SiteContext, state: RecordDict) -> None:
     from flwr.app import ConfigRecord
 
     arrays = {k: v for k, v in ctx.state.items() if isinstance(v, np.ndarray) and v.dtype != object}
-    scalars = {k: v for k, v in ctx.state.items()
-               if isinstance(v, bool | int | float | str)
-               or (isinstance(v, list) and v and (all(isinstance(x, str) for x in v) or is_numeric(v)))}
+    scalars = {k: to_scalar(k, v, "site state") for k, v in ctx.state.items()
+               if isinstance(v, bool | int | float | str | np.generic)
+               or (isinstance(v, list) and (all(isinstance(x, str) for x in v) or is_numeric(v)))}
     state[STATE_ARRAYS] = arrays_to_record(arrays)
-    state[STATE_SCALARS] = ConfigRecord(scalars)
+    state[STATE_SCALARS] = ConfigRecord({**scalars, ZERO_D: zero_d_names(arrays)})
 
 
 # ---- the handler -----------------------------------------------------------------------------------------

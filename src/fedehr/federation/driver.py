@@ -22,23 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedehr.algorithms.protocol import Reply, Task, Workflow
 from fedehr.errors import FedEHRError, InputError
 from fedehr.federation import checkpoint
-from fedehr.federation.accounting import Accounting, RoundRecord, now_iso
+from fedehr.federation.accounting import Accounting, RoundRecord, now_iso, weighted_mean
 from fedehr.federation.records import (
     HANDSHAKE,
     MESSAGE_TYPE,
     content_to_reply,
     payload_bytes,
-    scalar_metrics,
     task_to_content,
 )
-from fedehr.federation.rundir import finish_run, mark_failed
+from fedehr.federation.rundir import finish_run, mark_failed, open_run
 
 Progress = Callable[[str, dict[str, Any]], None]  # (event, info): "sites" | "round"
 MAX_ERROR_CHARS = 1500
@@ -80,20 +78,13 @@ class Driver:
             raise
 
     def _run(self) -> dict[str, Any]:
-        run_dir = self.s.run_dir
-        if (run_dir / "metrics.json").exists():
-            raise InputError("this run is already complete", file=run_dir / "metrics.json",
-                             expected="a new --out directory")
-        ckpt = checkpoint.load(run_dir)
-        if ckpt is not None and not self.s.resume:
-            raise InputError("the run directory holds a checkpoint of an unfinished run", file=run_dir,
-                             expected="--resume to continue it, or a new --out directory")
+        ckpt = open_run(self.s.run_dir, resume=self.s.resume)
         if ckpt is not None:
             last, state, runtime = ckpt
             self.workflow.load_state_dict(state)
             self.acct = Accounting.from_dict(runtime)
             if self.acct.next_round != last + 1:
-                raise InputError("checkpoint rounds disagree with its accounting", file=run_dir / "state")
+                raise InputError("checkpoint rounds disagree with its accounting", file=self.s.run_dir / "state")
         self.acct.start_session(resumed=ckpt is not None)
         t0 = time.perf_counter()
         self._wait_for_nodes()
@@ -203,7 +194,7 @@ class Driver:
         record = RoundRecord(round=r, label=task.label, action=task.action, session=self.acct.session,
                              started_at=started, wall_s=wall, sites=sorted(targets.values()),
                              replied=sorted(rep.site for rep in replies), missing=missing, errors=errors,
-                             bytes_sent=sent, bytes_received=received, metrics=_weighted_mean(replies))
+                             bytes_sent=sent, bytes_received=received, metrics=weighted_mean(replies))
         self.acct.add_round(record)
         checkpoint.save(self.s.run_dir, r, self.workflow.state_dict(), self.acct.to_dict())
         self.progress("round", {**record.__dict__, "step": getattr(self.workflow, "step", None),
@@ -235,15 +226,3 @@ def _error_text(msg: Message) -> str:
     err = msg.error
     text = f"error code {err.code}: {err.reason}"
     return text if len(text) <= MAX_ERROR_CHARS else "..." + text[-MAX_ERROR_CHARS:]
-
-
-def _weighted_mean(replies: list[Reply]) -> dict[str, float]:
-    """Per metric, the mean over replies weighted by num_examples (plain mean when all weights are 0)."""
-    keys = sorted({k for rep in replies for k in scalar_metrics(rep.metrics)})
-    out = {}
-    for k in keys:
-        pairs = [(scalar_metrics(rep.metrics)[k], rep.num_examples) for rep in replies
-                 if k in scalar_metrics(rep.metrics)]
-        v, w = np.array(pairs, dtype=np.float64).T
-        out[k] = float(np.average(v, weights=w) if w.sum() > 0 else v.mean())
-    return out

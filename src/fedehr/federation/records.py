@@ -12,7 +12,6 @@ exactly; object arrays are refused. Numpy scalars in configs / metrics are turne
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -44,7 +43,7 @@ def _flat_list(key: str, values: Any, where: str) -> list:
     return items
 
 
-def _scalar(key: str, v: Any, where: str) -> Any:
+def to_scalar(key: str, v: Any, where: str) -> Any:
     v = _python(v)
     if isinstance(v, bool | int | float | str):
         return v
@@ -75,8 +74,18 @@ def arrays_to_record(arrays: Payload) -> ArrayRecord:
     return record
 
 
-def record_to_arrays(record: ArrayRecord | None) -> Payload:
-    return {} if record is None else {name: arr.numpy() for name, arr in record.items()}
+def record_to_arrays(record: ArrayRecord | None, zero_d: list[str] | tuple[str, ...] = ()) -> Payload:
+    """Arrays back from a record; ``zero_d`` names the 0-d arrays (Flower returns those with shape (1,))."""
+    if record is None:
+        return {}
+    out = {name: arr.numpy() for name, arr in record.items()}
+    for name in zero_d:
+        out[name] = out[name].reshape(())
+    return out
+
+
+def zero_d_names(arrays: Payload) -> list[str]:
+    return [name for name, a in arrays.items() if isinstance(a, np.ndarray) and a.ndim == 0]
 
 
 # ---- Task ------------------------------------------------------------------------------------------------
@@ -84,9 +93,9 @@ def task_to_content(task: Task) -> RecordDict:
     """The records of one task as a site receives it (call ``task.for_site(site)`` first)."""
     if task.per_site:
         raise ValueError("task still holds per-site payloads; send task.for_site(site) instead")
-    config = {k: _scalar(k, v, "task config") for k, v in task.config.items()}
+    config = {k: to_scalar(k, v, "task config") for k, v in task.config.items()}
     return RecordDict({
-        TASK: ConfigRecord({"action": task.action, "label": task.label}),
+        TASK: ConfigRecord({"action": task.action, "label": task.label, "zero_d": zero_d_names(task.arrays)}),
         CONFIG: ConfigRecord(config),
         ARRAYS: arrays_to_record(task.arrays),
     })
@@ -95,14 +104,15 @@ def task_to_content(task: Task) -> RecordDict:
 def content_to_task(content: RecordDict) -> Task:
     head = content[TASK]
     return Task(action=str(head["action"]), config=dict(content[CONFIG]),
-                arrays=record_to_arrays(content.get(ARRAYS)), label=str(head["label"]))
+                arrays=record_to_arrays(content.get(ARRAYS), list(head.get("zero_d", []))), label=str(head["label"]))
 
 
 # ---- Reply -----------------------------------------------------------------------------------------------
 def reply_to_content(reply: Reply) -> RecordDict:
-    metrics = {k: _scalar(k, v, "reply metric") for k, v in reply.metrics.items()}
+    metrics = {k: to_scalar(k, v, "reply metric") for k, v in reply.metrics.items()}
     return RecordDict({
-        REPLY: ConfigRecord({"site": str(reply.site), "num_examples": int(reply.num_examples)}),
+        REPLY: ConfigRecord({"site": str(reply.site), "num_examples": int(reply.num_examples),
+                             "zero_d": zero_d_names(reply.arrays)}),
         METRICS: MetricRecord({k: v for k, v in metrics.items() if is_numeric(v)}),
         LABELS: ConfigRecord({k: v for k, v in metrics.items() if not is_numeric(v)}),
         ARRAYS: arrays_to_record(reply.arrays),
@@ -112,7 +122,8 @@ def reply_to_content(reply: Reply) -> RecordDict:
 def content_to_reply(content: RecordDict) -> Reply:
     head = content[REPLY]
     metrics: dict[str, Any] = {**dict(content.get(METRICS) or {}), **dict(content.get(LABELS) or {})}
-    return Reply(site=str(head["site"]), arrays=record_to_arrays(content.get(ARRAYS)), metrics=metrics,
+    arrays = record_to_arrays(content.get(ARRAYS), list(head.get("zero_d", [])))
+    return Reply(site=str(head["site"]), arrays=arrays, metrics=metrics,
                  num_examples=int(head["num_examples"]))
 
 
@@ -124,9 +135,3 @@ def payload_bytes(content: RecordDict) -> int:
     and message metadata (a few hundred bytes) are not included.
     """
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
-
-
-def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric scalar metrics of a reply (lists and labels dropped), for round summaries."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)}

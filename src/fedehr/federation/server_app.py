@@ -28,7 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedehr.algorithms.protocol import Workflow
 from fedehr.errors import InputError
-from fedehr.federation.driver import DriveSettings, Driver, Progress
+from fedehr.federation.driver import Driver, DriveSettings, Progress
 
 DEFAULT_WAIT_S = 600.0
 RUN_CONFIG_KEYS = {"run-dir": "", "config-json": "", "config": "", "resume": False, "wait-s": DEFAULT_WAIT_S}

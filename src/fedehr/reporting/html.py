@@ -158,13 +158,26 @@ def site_table(by_site: dict[str, Any], pooled: dict[str, Any] | None = None) ->
     first = {k: i for i, k in enumerate(keys)}
     keys = sorted(keys, key=lambda k: (order.get(k[0], len(order) + 1), first[k]))
     columns = [*map(str, sites), *(["pooled"] if pooled_cells else [])]
+    notes: list[str] = []  # skip reasons, numbered once and referenced from the cells
+
+    def cell(c: dict[tuple[str, str], Any], k: tuple[str, str]) -> str:
+        if k not in c:
+            return "—"
+        v = c[k]
+        if k[1] == "skipped" or (isinstance(v, str) and v.startswith("skipped: ")):
+            reason = v.removeprefix("skipped: ")
+            if reason not in notes:
+                notes.append(reason)
+            return f"skipped [{notes.index(reason) + 1}]"
+        return fmt(v)
+
     rows = []
     for k in keys:
-        row = [fmt(cells[s][k]) if k in cells[s] else "—" for s in sites]
+        row = [cell(cells[s], k) for s in sites]
         if pooled_cells:
-            row.append(fmt(pooled_cells[k]) if k in pooled_cells else "—")
+            row.append(cell(pooled_cells, k))
         rows.append({"family": k[0], "metric": k[1], "cells": row})
-    return {"columns": columns, "rows": rows}
+    return {"columns": columns, "rows": rows, "notes": notes}
 
 
 def per_feature_table(per_feature: Any, feature_names: list[str]) -> dict[str, Any] | None:

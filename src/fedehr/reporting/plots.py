@@ -250,7 +250,7 @@ def dimension_scatter(real: Cohort, syn: Cohort) -> Figure:
     for i in np.argsort(gap)[::-1][:5]:
         if gap[i] > 0:
             ax.annotate(labels[i], (x[i], y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.legend(title="site", fontsize=7, title_fontsize=8, loc="upper left")
+    ax.legend(title="site", fontsize=7, title_fontsize=8, loc="best")
     per_site = "the same site" if syn_sites & set(real.site_names) else "the pooled synthetic data"
     return Figure(
         "dims", "Dimension-wise means",

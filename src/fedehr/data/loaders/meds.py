@@ -119,7 +119,7 @@ def _batches(files: list[Path], columns: list[str], batch_size: int):
 
 def _time_us(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """timestamp column -> int64 microseconds (NaT/null -> min int64)."""
-    col = col.cast(pa.timestamp("us"))
+    col = col.cast(pa.timestamp("us"), safe=False)  # ns or tz-aware timestamps: microseconds, naive
     return col.cast(pa.int64()).to_numpy(zero_copy_only=False) if col.null_count == 0 else \
         pc.fill_null(col.cast(pa.int64()), _NULL).to_numpy(zero_copy_only=False)
 
@@ -253,6 +253,8 @@ def load(path: Path, *, hours: float = 48, bin_hours: float = 1, site_by: str | 
         if not b.num_rows:
             continue
         stay = index.get_indexer(b.column("subject_id").to_numpy(zero_copy_only=False).astype(np.int64))
+        if (stay < 0).any():  # defensive: every subject with a timed event is a stay
+            b, stay = b.filter(pa.array(stay >= 0)), stay[stay >= 0]
         hour = (_time_us(b.column("time")) - t0[stay]) / _US_PER_HOUR
         col = b.column("numeric_value")
         value = col.to_numpy(zero_copy_only=False).astype(np.float64)

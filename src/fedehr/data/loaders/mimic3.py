@@ -107,17 +107,20 @@ def read_itemid_map(path: str | Path | None = None) -> pd.DataFrame:
     return m
 
 
-def _stays(root: Path) -> pd.DataFrame:
-    """One row per ICU stay, sorted by ICUSTAY_ID: ids, times, static values, label and site keys."""
+def _stays(root: Path) -> tuple[pd.DataFrame, int]:
+    """One row per ICU stay, sorted by ICUSTAY_ID (ids, times, static values, label, site keys), and the
+    number of ICUSTAYS rows skipped for lacking an ICUSTAY_ID or INTIME."""
     icu = _read_small(_table(root, "ICUSTAYS"), ["subject_id", "hadm_id", "icustay_id", "dbsource",
                                                  "first_careunit", "intime"])
     pat = _read_small(_table(root, "PATIENTS"), ["subject_id", "gender", "dob"])
     adm = _read_small(_table(root, "ADMISSIONS"), ["hadm_id", "hospital_expire_flag"])
+    n_rows = len(icu)
     icu = icu.dropna(subset=["icustay_id", "intime"]).sort_values("icustay_id", kind="stable")
     if icu["icustay_id"].duplicated().any():
         raise InputError("duplicate ICUSTAY_ID", file=_table(root, "ICUSTAYS"), field="icustay_id",
                          value=icu.loc[icu["icustay_id"].duplicated(), "icustay_id"].iloc[0])
-    df = icu.merge(pat, on="subject_id", how="left").merge(adm, on="hadm_id", how="left")
+    df = icu.merge(pat, on="subject_id", how="left").merge(adm.drop_duplicates("hadm_id"), on="hadm_id",
+                                                                how="left")
     df["intime_ns"] = _parse_time(df["intime"], _table(root, "ICUSTAYS"), "intime")
     # Shifted DOBs (~300 years before admission) overflow datetime64[ns]; parse to seconds instead.
     intime_s = df["intime"].to_numpy().astype("datetime64[s]")
@@ -128,7 +131,7 @@ def _stays(root: Path) -> pd.DataFrame:
     gender = df["gender"].astype("string").str.upper()
     df["Gender"] = np.select([gender == "M", gender == "F"], [1.0, 0.0], np.nan)
     df["mortality"] = pd.to_numeric(df["hospital_expire_flag"], errors="coerce").astype(np.float64)
-    return df.reset_index(drop=True)
+    return df.reset_index(drop=True), n_rows - len(icu)
 
 
 def _convert(value: np.ndarray, conversion: np.ndarray) -> np.ndarray:
@@ -177,7 +180,7 @@ def load(path: Path, *, hours: float = 48, bin_hours: float = 1, site_by: str | 
     schema = Schema(temporal=tuple(TEMPORAL[n] for n in temporal_names), static=static_specs(STATIC_NAMES),
                     labels=("mortality",), hours=float(hours), bin_hours=float(bin_hours), source="mimic3",
                     site_by=site_by)
-    stays = _stays(root)
+    stays, skipped = _stays(root)
     n = len(stays)
     acc = GridAccumulator(schema, n)
     stay_index = pd.Index(stays["icustay_id"].to_numpy(np.int64))
@@ -202,7 +205,8 @@ def load(path: Path, *, hours: float = 48, bin_hours: float = 1, site_by: str | 
         schema=schema, stay_ids=stays["icustay_id"].to_numpy(np.int64), sites=sites, static=static,
         values=values, counts=counts, labels=stays["mortality"].to_numpy(np.float32)[:, None],
         meta={"source": "mimic3", "path": str(root),
-              "load_report": {**acc.report(), "static_dropped_out_of_range": static_drops, **chart, **labs}},
+              "load_report": {**acc.report(), "static_dropped_out_of_range": static_drops, **chart, **labs,
+                              "icustays_without_id_or_intime": int(skipped)}},
     )
 
 
