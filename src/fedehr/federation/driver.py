@@ -111,62 +111,98 @@ class Driver:
                                   f"{self.s.wait_s:.0f} s; check that every site is running `fedehr site`")
             time.sleep(self.s.poll_s)
 
-    def _map_nodes(self) -> None:
-        """Handshake every connected node that has no site yet; refuse a second node claiming a site."""
-        online = set(self.grid.get_node_ids())
-        new = sorted(online - set(self.node_site))
-        if not new:
+    def _map_nodes(self, *, block: bool) -> None:
+        """Handshake connected nodes that have no site yet; ``block`` waits for their answers.
+
+        Later handshakes (nodes that join or come back mid-run) do not block a round: their replies are
+        collected while the round's replies are awaited, and the node takes part from the next round on.
+        """
+        now = time.monotonic()
+        for mid, (node, sent) in list(self.hello.items()):
+            if now - sent > self.s.round_timeout_s:
+                del self.hello[mid]
+                self._handshake_failure(node, f"no handshake reply within {self.s.round_timeout_s:g} s")
+        busy = {node for node, _ in self.hello.values()}
+        new = sorted(set(self.grid.get_node_ids()) - set(self.node_site) - busy)
+        if new:
+            hello = Task(HANDSHAKE, label="handshake")
+            pushed = self._push([self._message(hello, node, "handshake") for node in new])
+            self.hello |= {mid: (node, now) for mid, node in pushed.items()}
+        if block:
+            self._pull_until(set(), time.monotonic() + self.s.round_timeout_s)
+            for node, _ in self.hello.values():
+                self._handshake_failure(node, f"no handshake reply within {self.s.round_timeout_s:g} s")
+            self.hello.clear()
+            if len(self.node_site) < self.s.min_sites:
+                raise FedEHRError(f"only {len(self.node_site)} site(s) answered the handshake "
+                                  f"({', '.join(sorted(self.node_site.values())) or 'none'}); min_sites is "
+                                  f"{self.s.min_sites}. Failures: {self.acct.handshake_failures}")
+
+    def _on_hello(self, node: int, msg: Message) -> None:
+        if msg.has_error():
+            self._handshake_failure(node, _error_text(msg))
             return
-        hello = Task(HANDSHAKE, label="handshake")
-        messages = [self._message(hello, node, str(self.acct.next_round)) for node in new]
-        replies, _ = self._exchange(messages)
-        answered: set[int] = set()
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            answered.add(node)
-            if msg.has_error():
-                self._handshake_failure(node, _error_text(msg))
-                continue
-            site = content_to_reply(msg.content).site
-            holder = next((n for n, s in self.node_site.items() if s == site), None)
-            if holder is not None and holder in online:
-                self._handshake_failure(node, f"site {site!r} is already served by node {holder}")
-                continue
-            if holder is not None:  # the site reconnected under a new node id
-                del self.node_site[holder]
-            self.node_site[node] = site
-        for node in set(new) - answered:
-            self._handshake_failure(node, f"no handshake reply within {self.s.round_timeout_s:.0f} s")
+        site = content_to_reply(msg.content).site
+        holder = next((n for n, s in self.node_site.items() if s == site), None)
+        if holder is not None and holder in set(self.grid.get_node_ids()):
+            self._handshake_failure(node, f"site {site!r} is already served by node {holder}")
+            return
+        if holder is not None:  # the site reconnected under a new node id
+            del self.node_site[holder]
+        self.node_site[node] = site
         self.acct.node_sites = {str(n): s for n, s in self.node_site.items()}
         self.progress("sites", {"sites": sorted(self.node_site.values())})
-        if len(self.node_site) < self.s.min_sites:
-            raise FedEHRError(f"only {len(self.node_site)} site(s) answered the handshake "
-                              f"({', '.join(sorted(self.node_site.values())) or 'none'}); "
-                              f"min_sites is {self.s.min_sites}. Failures: {self.acct.handshake_failures}")
 
     def _handshake_failure(self, node: int, why: str) -> None:
         self.acct.handshake_failures.append({"node_id": str(node), "session": self.acct.session,
                                              "round": self.acct.next_round, "error": why})
 
-    # ---- one round -----------------------------------------------------------------------------------
+    # ---- messages ------------------------------------------------------------------------------------
     def _message(self, task: Task, node: int, group: str) -> Message:
         return self.grid.create_message(task_to_content(task), MESSAGE_TYPE, node, group,
                                         ttl=float(self.s.round_timeout_s) + 30.0)
 
-    def _exchange(self, messages: list[Message]) -> tuple[list[Message], float]:
-        """Push, then pull until every reply is in or the round timeout passes (interruptible)."""
-        t0 = time.perf_counter()
-        waiting = set(self.grid.push_messages(messages))
+    def _push(self, messages: list[Message]) -> dict[str, int]:
+        """Message id -> destination node, for the messages the SuperLink accepted."""
+        if not messages:
+            return {}
+        accepted = {mid for mid in self.grid.push_messages(messages) if mid}
+        return {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id in accepted}
+
+    def _pull_until(self, waiting: set[str], deadline: float) -> list[Message]:
+        """Pull replies to ``waiting`` (and to pending handshakes) until all are in or the deadline passes."""
         out: list[Message] = []
-        deadline = time.monotonic() + self.s.round_timeout_s
-        while waiting and time.monotonic() < deadline:
+        while True:
             self._check_stop()
-            got = list(self.grid.pull_messages(waiting))
-            out.extend(got)
-            waiting -= {m.metadata.reply_to_message_id for m in got}
-            if waiting:
-                time.sleep(self.s.poll_s)
-        return out, time.perf_counter() - t0
+            pending = waiting | set(self.hello)
+            got = list(self.grid.pull_messages(pending)) if pending else []
+            for msg in got:
+                mid = msg.metadata.reply_to_message_id
+                if mid in self.hello:
+                    self._on_hello(self.hello.pop(mid)[0], msg)
+                elif mid in waiting:
+                    waiting.discard(mid)
+                    out.append(msg)
+            if not (waiting or (self.hello and not out and not got and False)):
+                if not waiting and (not self.hello or deadline == 0):
+                    break
+            if not waiting and not self.hello:
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(self.s.poll_s)
+        return out
+
+    def _exchange(self, messages: list[Message]) -> tuple[list[Message], float, set[int]]:
+        """Push, then pull until every reply is in or the round timeout passes (interruptible).
+
+        Returns the replies, the wall time and the nodes whose message the SuperLink did not accept.
+        """
+        t0 = time.perf_counter()
+        pushed = self._push(messages)
+        refused = {m.metadata.dst_node_id for m in messages} - set(pushed.values())
+        out = self._pull_until(set(pushed), time.monotonic() + self.s.round_timeout_s)
+        return out, time.perf_counter() - t0, refused
 
     def _round(self, task: Task) -> None:
         r = self.acct.next_round

@@ -61,7 +61,7 @@ HEADER = b"Time,Parameter,Value"
 
 _RECORD = re.compile(r"^\d+\.txt$")
 _OUTCOMES = re.compile(r"^Outcomes(-[a-z])?\.txt$", re.IGNORECASE)
-_SET = re.compile(r"^set-([a-z])(\.tar\.gz|\.tgz|\.tar)?$", re.IGNORECASE)
+_SET = re.compile(r"^set(?:-([a-z]))?(\.tar\.gz|\.tgz|\.tar)?$", re.IGNORECASE)
 _TIME = re.compile(r"^(\d{1,3}):([0-5]\d)$")
 
 
@@ -82,7 +82,7 @@ class _Records:
     @property
     def letter(self) -> str | None:
         m = _SET.match(self.origin.name)
-        return m.group(1).lower() if m else None
+        return m.group(1).lower() if m and m.group(1) else None
 
 
 def _is_archive(p: Path) -> bool:
@@ -97,7 +97,7 @@ def _resolve(path: Path) -> Path:
         if any(_RECORD.match(e.name) for e in _scan(path)):
             return path
         sets = sorted(p for p in path.iterdir() if _SET.match(p.name) and (p.is_dir() or _is_archive(p)))
-        letters = {_SET.match(p.name).group(1).lower() for p in sets}  # type: ignore[union-attr]
+        letters = {(_SET.match(p.name).group(1) or "").lower() for p in sets}  # type: ignore[union-attr]
         if len(letters) == 1:
             return next((p for p in sets if p.is_dir()), sets[0])  # an extracted folder beats its archive
         if len(letters) > 1:

@@ -24,7 +24,9 @@ kept by the training workflow with ``edm.ema_update``).
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -149,7 +151,7 @@ class EHRDiff(nn.Module):
             self.class_emb = nn.Embedding(dims.n_classes + 1, cfg.class_dim)  # last row: null token ∅
             self.class_mlp = nn.Sequential(nn.Linear(cfg.class_dim, td), nn.SiLU(), nn.Linear(td, td))
         widths = [z, *cfg.unit_dims, z]
-        self.blocks = nn.ModuleList(Block(a, b, td) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.blocks = nn.ModuleList(Block(a, b, td) for a, b in itertools.pairwise(widths))
 
     @property
     def null_label(self) -> int:
@@ -225,7 +227,8 @@ def objective(model: EHRDiff, batch: dict[str, torch.Tensor], generator: torch.G
     return edm.loss_weight(sigma[:, 0], model.cfg.sigma_data) * ((d - x0) ** 2).mean(dim=1)
 
 
-def guided_denoiser(model: EHRDiff, labels: torch.Tensor | None, guidance: float):  # noqa: ANN201
+def guided_denoiser(model: EHRDiff, labels: torch.Tensor | None,
+                    guidance: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """D̃(x, σ) = (1 + w)·D(x, σ, y) − w·D(x, σ, ∅); exactly D(x, σ, y) when w = 0 (one evaluation)."""
     if labels is None or guidance == 0.0:
         return lambda x, sigma: model(x, sigma, labels)
