@@ -20,7 +20,7 @@ from fedehr.data.store import load_cohort
 from fedehr.errors import FedEHRError, InputError
 from fedehr.federation import checkpoint
 from fedehr.federation.client_app import make_client_app, resolve_site
-from fedehr.federation.driver import DriveSettings, Driver, Interrupted
+from fedehr.federation.driver import Driver, DriveSettings, Interrupted
 
 
 class FakeGrid:
@@ -117,9 +117,9 @@ def test_error_replies_and_timeouts_make_sites_missing_without_ending_the_run(co
 
     grid = FakeGrid(nodes, silent=frozenset({920}))  # node 920 serves site0 and never answers
     with pytest.raises(FedEHRError, match="answered the handshake"):
-        Driver(grid, ToyWorkflow(1), settings(tmp_path / "run2", min_sites=3)).run()
+        Driver(grid, ToyWorkflow(1), settings(tmp_path / "run2", min_sites=3, round_timeout_s=0.5)).run()
     assert (tmp_path / "run2" / "FAILED").is_file()
-    rt = Driver(grid, ToyWorkflow(1), settings(tmp_path / "run3")).run()["runtime"]
+    rt = Driver(grid, ToyWorkflow(1), settings(tmp_path / "run3", round_timeout_s=0.5)).run()["runtime"]
     assert rt["sites"] == ["site1", "site2"]
     assert [f["node_id"] for f in rt["handshake_failures"]][:1] == ["920"]
     assert "no handshake reply" in rt["handshake_failures"][0]["error"]
@@ -218,3 +218,22 @@ def test_site_state_survives_a_fresh_process_cache(cohorts, tmp_path):
     driver.progress = wipe_cache
     driver.run()
     assert wf.tasks_seen == {"site0": 4, "site1": 4, "site2": 4}
+
+
+def test_a_broken_site_is_recorded_and_a_late_site_joins_without_blocking(cohorts, tmp_path):
+    _, site_dirs = cohorts
+    nodes = deployment_nodes({s: site_dirs[s] for s in ("site0", "site1")})
+    nodes[555] = {"cohort": str(tmp_path / "no-such-cohort")}
+    grid = FakeGrid(nodes)
+
+    def late_join(event, info):
+        if event == "round" and info["round"] == 1:
+            grid.contexts[777] = Context(run_id=7, node_id=777, node_config={"cohort": str(site_dirs["site2"])},
+                                         state=RecordDict(), run_config={})
+
+    rt = Driver(grid, ToyWorkflow(3), settings(tmp_path / "run", expect_nodes=3), progress=late_join).run()["runtime"]
+    broken = [f for f in rt["handshake_failures"] if f["node_id"] == "555"]
+    assert broken and "not a fedehr cohort directory" in broken[0]["error"]
+    assert rt["node_sites"]["777"] == "site2"
+    assert [r["replied"] for r in rt["rounds"]][1:] == [["site0", "site1"], ["site0", "site1"],
+                                                        ["site0", "site1", "site2"]]

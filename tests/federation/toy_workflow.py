@@ -65,7 +65,7 @@ class ToyWorkflow:
             self.sizes = {r.site: int(r.metrics["n_stays"]) for r in replies}
         else:
             for r in replies:
-                if not np.array_equal(r.arrays["token"], self.token(r.site)):
+                if r.site in self.sizes and not np.array_equal(r.arrays["token"], self.token(r.site)):
                     raise AssertionError(f"site {r.site} received another site's per_site payload")
                 seen = int(r.metrics["tasks_seen"])
                 if seen <= self.tasks_seen.get(r.site, 0):
@@ -117,8 +117,8 @@ def toy_handle(task: Task, ctx: SiteContext) -> Reply:
     n = m.sum(axis=(0, 1)).astype(np.float64)          # (F,)
     local_mean = x.sum(axis=(0, 1)) / np.maximum(n, 1)
     gap = float(((local_mean - task.arrays["mean"]) ** 2).mean()) if task.arrays["mean"].size else 0.0
-    return Reply(ctx.site, arrays={"n": n, "sum": x.sum(axis=(0, 1)), "sumsq": (x**2).sum(axis=(0, 1)),
-                                   "token": task.arrays["token"]},
+    token = {"token": task.arrays["token"]} if "token" in task.arrays else {}  # none for unknown sites
+    return Reply(ctx.site, arrays={"n": n, "sum": x.sum(axis=(0, 1)), "sumsq": (x**2).sum(axis=(0, 1)), **token},
                  metrics={"loss": gap, "tasks_seen": ctx.state["tasks_seen"]}, num_examples=len(ctx.train))
 
 
@@ -142,7 +142,6 @@ def tiny_schema():
 def write_cohort(root: Path, *, n: int = 90, n_sites: int = 3, seed: int = 0) -> Path:
     """A tiny cohort directory with ``n_sites`` sites and per-site train/test splits."""
     from conftest import make_tiny_cohort
-
     from fedehr.data.store import make_splits, save_cohort
 
     cohort = make_tiny_cohort(tiny_schema(), n=n, seed=seed, n_sites=n_sites)

@@ -66,6 +66,7 @@ class Driver:
         self.progress = progress or (lambda event, info: None)
         self.stop = stop or threading.Event()
         self.node_site: dict[int, str] = {}
+        self.hello: dict[str, tuple[int, float]] = {}  # handshake message id -> (node, sent at)
         self.acct = Accounting(kind=settings.kind)
 
     # ---- entry point ---------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ class Driver:
         self.acct.start_session(resumed=ckpt is not None)
         t0 = time.perf_counter()
         self._wait_for_nodes()
-        self._map_nodes()
+        self._map_nodes(block=True)
         self.acct.sessions[-1]["handshake_s"] = time.perf_counter() - t0
         while (task := self.workflow.next_task()) is not None:
             self._check_stop()
@@ -129,7 +130,7 @@ class Driver:
             pushed = self._push([self._message(hello, node, "handshake") for node in new])
             self.hello |= {mid: (node, now) for mid, node in pushed.items()}
         if block:
-            self._pull_until(set(), time.monotonic() + self.s.round_timeout_s)
+            self._pull_until(set(), time.monotonic() + self.s.round_timeout_s, handshakes=True)
             for node, _ in self.hello.values():
                 self._handshake_failure(node, f"no handshake reply within {self.s.round_timeout_s:g} s")
             self.hello.clear()
@@ -169,29 +170,23 @@ class Driver:
         accepted = {mid for mid in self.grid.push_messages(messages) if mid}
         return {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id in accepted}
 
-    def _pull_until(self, waiting: set[str], deadline: float) -> list[Message]:
-        """Pull replies to ``waiting`` (and to pending handshakes) until all are in or the deadline passes."""
+    def _pull_until(self, waiting: set[str], deadline: float, *, handshakes: bool = False) -> list[Message]:
+        """Pull replies to ``waiting`` until all are in or the deadline passes (``handshakes``: also wait for
+        the pending handshakes). Replies to pending handshakes are always taken in on the way."""
         out: list[Message] = []
         while True:
             self._check_stop()
             pending = waiting | set(self.hello)
-            got = list(self.grid.pull_messages(pending)) if pending else []
-            for msg in got:
+            for msg in self.grid.pull_messages(pending) if pending else []:
                 mid = msg.metadata.reply_to_message_id
                 if mid in self.hello:
                     self._on_hello(self.hello.pop(mid)[0], msg)
                 elif mid in waiting:
                     waiting.discard(mid)
                     out.append(msg)
-            if not (waiting or (self.hello and not out and not got and False)):
-                if not waiting and (not self.hello or deadline == 0):
-                    break
-            if not waiting and not self.hello:
-                break
-            if time.monotonic() >= deadline:
-                break
+            if (not waiting and not (handshakes and self.hello)) or time.monotonic() >= deadline:
+                return out
             time.sleep(self.s.poll_s)
-        return out
 
     def _exchange(self, messages: list[Message]) -> tuple[list[Message], float, set[int]]:
         """Push, then pull until every reply is in or the round timeout passes (interruptible).
@@ -206,7 +201,7 @@ class Driver:
 
     def _round(self, task: Task) -> None:
         r = self.acct.next_round
-        self._map_nodes()
+        self._map_nodes(block=False)
         online = set(self.grid.get_node_ids())
         wanted = getattr(self.workflow, "participants", lambda: None)()  # None: every site
         known = sorted(self.node_site.values())
@@ -220,8 +215,9 @@ class Driver:
             sent[site] = payload_bytes(msg.content)
             messages.append(msg)
         started = now_iso()
-        raw, wall = self._exchange(messages)
-        replies, received = self._collect(raw, errors)
+        raw, wall, refused = self._exchange(messages)
+        errors |= {targets[n]: "the SuperLink did not accept the message" for n in refused}
+        replies, received = self._collect(raw, targets, errors)
         for site in targets.values():
             if site not in received and site not in errors:
                 errors[site] = f"no reply within round_timeout_s={self.s.round_timeout_s:g}"
@@ -236,11 +232,12 @@ class Driver:
         self.progress("round", {**record.__dict__, "step": getattr(self.workflow, "step", None),
                                 "total_steps": getattr(self.workflow, "total_steps", None)})
 
-    def _collect(self, raw: Iterable[Message], errors: dict[str, str]) -> tuple[list[Reply], dict[str, int]]:
+    def _collect(self, raw: Iterable[Message], targets: dict[int, str], errors: dict[str, str]
+                 ) -> tuple[list[Reply], dict[str, int]]:
         replies: list[Reply] = []
         received: dict[str, int] = {}
         for msg in raw:
-            site = self.node_site.get(msg.metadata.src_node_id)
+            site = targets.get(msg.metadata.src_node_id)
             if site is None:
                 continue
             if msg.has_error():

@@ -66,14 +66,21 @@ def simulate(workflow: Workflow, cohort_dir: str | Path, settings: DriveSettings
                              result=result)
     client = make_client_app({"cohort": str(cohort_dir), "device": device, "seed": seed}, handler)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
+    backend = backend_config(parallel, device)
+    old_pythonpath = os.environ.get("PYTHONPATH")
     try:
-        with _stop_on_signals(stop), _quiet_flower():
+        _init_ray(backend["init_args"])
+        with _stop_on_signals(stop), _quiet_flower():  # after ray.init, which sets its own SIGTERM handler
             run_simulation(server_app=server, client_app=client, num_supernodes=len(sites),
-                           backend_name="ray", backend_config=backend_config(parallel, device))
+                           backend_name="ray", backend_config=backend)
     finally:
         _shutdown_ray()
         tracker.snapshot()
         tracker.terminate_survivors()
+        if old_pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_pythonpath
     if not result:
         raise FedEHRError("the simulation ended without a result; see the log above")
     return result
@@ -111,6 +118,20 @@ def _running(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _init_ray(init_args: dict[str, Any]) -> None:
+    """Start Ray here, as Flower's RayBackend would (it skips its own ray.init when Ray is up), so that the
+    signal handlers installed afterwards are ours and not Ray's ``sys.exit`` on SIGTERM."""
+    import sys
+
+    import ray
+
+    if ray.is_initialized():
+        raise FedEHRError("Ray is already running in this process; fedehr starts and stops its own")
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["PYTHONPATH"] = pythonpath  # ClientApp actors import what this process can import
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
 
 
 def _shutdown_ray() -> None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import jinja2
 import numpy as np
+from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
 from fedehr import __version__
 from fedehr.data.cohort import Cohort
@@ -263,9 +264,11 @@ def _check_cohorts(train: Cohort, test: Cohort, synthetic: Cohort) -> None:
 def figures(train: Cohort, synthetic: Cohort, artifacts: dict[str, Any], rng: np.random.Generator
             ) -> tuple[list[plots.Figure], list[str]]:
     """All report figures and the notices for figures that cannot be drawn (with the reason)."""
-    figs = [*plots.histogram_figures(train, synthetic), *plots.trajectory_figures(train, synthetic),
-            plots.dimension_scatter(train, synthetic), plots.correlation_figure(train, synthetic),
-            plots.missingness_figure(train, synthetic), plots.embedding_figure(train, synthetic, rng)]
+    # Single-threaded BLAS/OpenMP: the arrays are small, and threads only contend on a busy machine.
+    with threadpool_limits(limits=1):
+        figs = [*plots.histogram_figures(train, synthetic), *plots.trajectory_figures(train, synthetic),
+                plots.dimension_scatter(train, synthetic), plots.correlation_figure(train, synthetic),
+                plots.missingness_figure(train, synthetic), plots.embedding_figure(train, synthetic, rng)]
     notices = []
     for fig, what in ((plots.dcr_figure(artifacts), "DCR histogram: the evaluation has no 'dcr_syn_to_train' "
                        "and 'dcr_syn_to_test' artefacts"),

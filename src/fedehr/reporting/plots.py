@@ -73,13 +73,24 @@ def _label(spec: FeatureSpec) -> str:
 
 
 # ---- shared statistics -------------------------------------------------------------------------------
+def stay_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, T, F) -> per stay and feature: sum, sum of squares and count of observed bins, each (N, F) float64.
+
+    One pass over the grid; pooled and per-site means and SDs follow by summing rows."""
+    obs = np.isfinite(values)
+    v = np.where(obs, values, 0.0).astype(np.float64)
+    return v.sum(axis=1), (v * v).sum(axis=1), obs.sum(axis=1).astype(np.float64)
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
+
+
 def stay_means(values: np.ndarray) -> np.ndarray:
     """(N, T, F) -> (N, F) mean of the observed bins of each stay, NaN where a feature was never observed."""
-    obs = np.isfinite(values)
-    n = obs.sum(axis=1)  # (N, F)
-    s = np.where(obs, values, 0.0).sum(axis=1, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+    s, _, n = stay_moments(values)
+    return _ratio(s, n)
 
 
 def nan_quantiles(x: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
@@ -226,17 +237,20 @@ def trajectory_figures(real: Cohort, syn: Cohort) -> list[Figure]:
 def dimension_scatter(real: Cohort, syn: Cohort) -> Figure:
     """Per (feature, site) mean of real vs synthetic values, in standard deviations of the pooled real data."""
     names = real.schema.temporal_names
-    mu = nan_mean(real.values, axis=(0, 1))  # (F,)
-    sd = np.sqrt(nan_mean((real.values - mu) ** 2, axis=(0, 1)))
+    rs, rq, rn = stay_moments(real.values)  # (N, F) each
+    ss, _, sn = stay_moments(syn.values)
+    mu = _ratio(rs.sum(0), rn.sum(0))  # (F,)
+    sd = np.sqrt(np.maximum(_ratio(rq.sum(0), rn.sum(0)) - mu**2, 0.0))
     sd = np.where(np.isfinite(sd) & (sd > 1e-12), sd, 1.0)
-    syn_pooled = (nan_mean(syn.values, axis=(0, 1)) - mu) / sd
+    syn_pooled = (_ratio(ss.sum(0), sn.sum(0)) - mu) / sd
     syn_sites = set(syn.site_names)
     fig = MplFigure(figsize=(6.4, 5.2), layout="constrained")
     ax = fig.subplots()
     xs, ys, labels = [], [], []
     for k, site in enumerate(real.site_names):
-        x = (nan_mean(real.values[real.sites == site], axis=(0, 1)) - mu) / sd
-        y = (nan_mean(syn.values[syn.sites == site], axis=(0, 1)) - mu) / sd if site in syn_sites else syn_pooled
+        r_sel, s_sel = real.sites == site, syn.sites == site
+        x = (_ratio(rs[r_sel].sum(0), rn[r_sel].sum(0)) - mu) / sd
+        y = (_ratio(ss[s_sel].sum(0), sn[s_sel].sum(0)) - mu) / sd if site in syn_sites else syn_pooled
         ax.scatter(x, y, s=14, color=SITE_COLOURS[k % len(SITE_COLOURS)], alpha=0.8, label=site)
         xs.append(x)
         ys.append(y)
@@ -332,6 +346,7 @@ def embedding_figure(real: Cohort, syn: Cohort, rng: np.random.Generator, max_po
     """PCA (fitted on real) and t-SNE (joint) of per-stay summaries, subsampled with ``rng``."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     xr = stay_summaries(real, real)
     xs = stay_summaries(syn, real)
@@ -344,8 +359,11 @@ def embedding_figure(real: Cohort, syn: Cohort, rng: np.random.Generator, max_po
     nr, ns = min(len(xr), max_tsne_points), min(len(xs), max_tsne_points)
     both = np.concatenate([xr[:nr], xs[:ns]])
     perplexity = float(min(30.0, max(2.0, (len(both) - 1) / 4)))
-    emb = TSNE(n_components=2, init="pca", perplexity=perplexity, max_iter=500, learning_rate="auto",
-               random_state=int(rng.integers(2**31 - 1))).fit_transform(both)
+    tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, max_iter=500, learning_rate="auto",
+                random_state=int(rng.integers(2**31 - 1)))
+    # One OpenMP thread: on a busy machine (CI, parallel tests) threaded t-SNE was 6x slower in wall time.
+    with threadpool_limits(limits=1):
+        emb = tsne.fit_transform(both)
     fig = MplFigure(figsize=(11, 4.8), layout="constrained")
     a, b = fig.subplots(1, 2)
     ev = pca.explained_variance_ratio_
