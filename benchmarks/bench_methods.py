@@ -310,7 +310,7 @@ def run_combo(b: Bench, method: str, seed: int, n_train: int, largest: str) -> d
     """Train, sample, evaluate one (method, seed); finished steps of an earlier attempt are kept."""
     tag = f"{method}-s{seed}"
     run, syn, ev, logs = (b.work / d / tag for d in ("runs", "synthetic", "eval", "logs"))
-    timing_file = run.with_name(tag + ".train_time.json")
+    timing_file = run.with_name(tag + ".times.json")  # seconds per step
     if not (run / "metrics.json").is_file() or not timing_file.is_file():
         for d in (run, syn, ev):  # our own unfinished or untimed outputs: redo them so the time is whole
             if d.exists():
@@ -328,13 +328,19 @@ def run_combo(b: Bench, method: str, seed: int, n_train: int, largest: str) -> d
             shutil.rmtree(ev)
         t = run_step([str(FEDEHR), "sample", "--run", str(run), "--n", str(n_train), "--format", "cohort",
                       "--out", str(syn), "--seed", str(seed), "--overwrite"], logs / "sample.log", b.timeout)
+        _note_time(timing_file, "sample_s", t)
         _log(f"{tag}: sampled {n_train} stays in {t:.1f} s")
     if not (ev / "metrics.json").is_file():
         t = run_step([str(FEDEHR), "evaluate", "--train", str(b.cohort), "--test", str(b.cohort), "--synthetic",
                       str(syn), "--out", str(ev), "--seed", str(seed), *EVAL_FLAGS, "--overwrite"],
                      logs / "evaluate.log", b.timeout)
+        _note_time(timing_file, "evaluate_s", t)
         _log(f"{tag}: evaluated in {t:.1f} s")
     return collect(b, method, seed, run, ev, timing_file, largest)
+
+
+def _note_time(f: Path, key: str, seconds: float) -> None:
+    f.write_text(json.dumps({**json.loads(f.read_text()), key: seconds}))
 
 
 def collect(b: Bench, method: str, seed: int, run: Path, ev: Path, timing_file: Path, largest: str
@@ -345,7 +351,8 @@ def collect(b: Bench, method: str, seed: int, run: Path, ev: Path, timing_file: 
     ev_metrics = json.loads((ev / "metrics.json").read_text())
     return {"dataset": b.dataset, "method": method, "seed": seed, "fingerprint": b.fp,
             **extract_eval(ev_metrics, ev / "metrics.json"),
-            "train_s": timing["train_s"], "runtime_wall_s": run_metrics.get("runtime", {}).get("wall_s"),
+            "train_s": timing["train_s"], "sample_s": timing.get("sample_s"),
+            "evaluate_s": timing.get("evaluate_s"), "runtime_wall_s": run_metrics.get("runtime", {}).get("wall_s"),
             "bytes": n_bytes, "mb_communicated": None if n_bytes is None else n_bytes / 1e6,
             "local_site": largest if method == "local" else None,
             "eval_seconds": ev_metrics.get("settings", {}).get("seconds"),

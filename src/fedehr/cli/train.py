@@ -17,11 +17,13 @@ FEDERATED = ("fedehr-gen", "fedavg", "fedavg-direct")
 
 # ---- train -----------------------------------------------------------------------------------------------
 def _resolve_config(out: Path, config: Path | None, overrides: list[str], method: str | None,
-                    device: str | None, site: str | None, resume: bool) -> Any:
-    """The experiment config: from RUN/config.toml on --resume, else defaults → --config → --set → flags."""
+                    device: str | None, site: str | None, resume: bool, remote: bool = False) -> Any:
+    """The experiment config: from RUN/config.toml on --resume, else defaults → --config → --set → flags.
+
+    A run on a remote SuperLink resumes with the config given again (the SuperLink checks it is the same)."""
     from fedehr.config import load_config
 
-    if resume:
+    if resume and not (remote and not (out / "config.toml").is_file()):
         if config is not None or overrides or method is not None or site is not None:
             raise InputError("a resumed run keeps its configuration", file=out / "config.toml",
                              field="--config/--set/--method/--site", expected="only --device with --resume")
@@ -92,7 +94,8 @@ def train(
     from fedehr.cli.render import console
 
     out = out.resolve()
-    cfg = _resolve_config(out, config, list(overrides or []), method, device, site, resume)
+    cfg = _resolve_config(out, config, list(overrides or []), method, device, site, resume,
+                          remote=superlink is not None)
     if superlink is not None:
         _train_deployed(cfg, out, superlink, resume)
         return
@@ -126,7 +129,7 @@ def _train_deployed(cfg: Any, out: Path, superlink: str, resume: bool) -> None:
     """Submit the run to a deployed SuperLink with `flwr run` and stream its log."""
     from fedehr.cli.render import console
     from fedehr.errors import FedEHRError
-    from fedehr.federation.deployment import flwr_run, write_app_project
+    from fedehr.federation.deployment import submit_run, write_app_project
 
     if cfg.method not in FEDERATED:
         raise InputError("only federated methods run on a SuperLink", field="method", value=cfg.method,
@@ -136,9 +139,11 @@ def _train_deployed(cfg: Any, out: Path, superlink: str, resume: bool) -> None:
         app_dir = write_app_project(tmp, run_config)
         console.print(f"submitting [bold]{cfg.method}[/] to SuperLink connection [bold]{superlink}[/]; "
                       f"outputs go to {out} on the SuperLink host")
-        code = flwr_run(app_dir, superlink)
-    if code != 0:
-        raise FedEHRError(f"`flwr run` exited with code {code}; see the log above")
+        status = submit_run(app_dir, superlink)
+    if status.get("status") != "finished:completed":
+        raise FedEHRError(f"run {status.get('run-id')} ended as {status.get('status')}: "
+                          f"{status.get('status-details', '')} (state and FAILED marker in {out} on the SuperLink "
+                          "host; continue with --resume)")
     if (out / "metrics.json").is_file():
         _print_result(json.loads((out / "metrics.json").read_text()), out)
 

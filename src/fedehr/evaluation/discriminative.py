@@ -48,7 +48,7 @@ def discriminative_auroc_gbm(real: np.ndarray, syn: np.ndarray, rng: np.random.G
     y_tr = np.r_[np.ones(len(rtr)), np.zeros(len(str_))]
     x_te = np.concatenate([real[rte], syn[ste]])
     y_te = np.r_[np.ones(len(rte)), np.zeros(len(ste))]
-    clf = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, max_leaf_nodes=15,
+    clf = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=15,
                                          l2_regularization=1.0, early_stopping=False,
                                          random_state=int(rng.integers(2**31 - 1)))
     clf.fit(x_tr, y_tr)

@@ -40,6 +40,7 @@ class MetricSpec:
     best: float
     threshold: float | None  # passed = value <= threshold ("min") or value >= threshold ("max")
     description: str
+    bounds: tuple[float, float] = (0.0, 1.0)  # range of the value
     gru: bool = False  # trains a GRU (skipped in fast mode)
     per_site: bool = True  # recomputed on each site's real data (utility reports per site from the pooled run)
 
@@ -217,7 +218,7 @@ def _utility(model: str) -> Callable[[Inputs], Result]:
         lab = inp.settings.label
         res = util.tstr_trtr(model, _task(inp.train, inp.x_train, lab), _task(inp.test, inp.x_test, lab),
                              _task(inp.syn, inp.x_syn, lab), inp.rng(f"utility_{model}"), n_boot=inp.settings.n_boot,
-                             gru=inp.settings.gru_utility)
+                             gru=inp.settings.gru_utility, local_reference=model != "gru")
         roc = res.pop("_roc")
         arts = {f"roc:{k}:{model}:{ax}": v[i] for k, v in roc.items() for i, ax in enumerate(("fpr", "tpr"))}
         return {"value": res["pooled"].get("auroc_gap"), **res, "_artifacts": arts}
@@ -330,26 +331,29 @@ def _hidden_attributes(inp: Inputs) -> dict[str, tuple[np.ndarray, np.ndarray, n
 
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("wasserstein", _wasserstein, "fidelity", "min", 0.0, 0.1,
-               "mean per-feature Wasserstein-1 of standardised observed values (numeric temporal + static)"),
+               "mean per-feature Wasserstein-1 of standardised observed values (numeric temporal + static)",
+               bounds=(0.0, math.inf)),
     MetricSpec("ks", _ks, "fidelity", "min", 0.0, 0.1, "mean per-feature Kolmogorov-Smirnov statistic"),
     MetricSpec("prevalence_gap", _prevalence, "fidelity", "min", 0.0, 0.05,
                "mean total-variation gap of binary/categorical features (temporal observed values + static)"),
     MetricSpec("missingness_gap", _missingness, "fidelity", "min", 0.0, 0.05,
                "mean |observed fraction real - synthetic| over temporal features"),
     MetricSpec("measurement_rate_gap", _meas_rate, "fidelity", "min", 0.0, 0.1,
-               "mean |measurements per observed bin, real - synthetic|"),
+               "mean |measurements per observed bin, real - synthetic|", bounds=(0.0, math.inf)),
     MetricSpec("dimension_wise_r", _dimwise_r, "fidelity", "max", 1.0, 0.9,
-               "Pearson r between per-dimension means of real and synthetic (EHRDiff/medGAN)"),
+               "Pearson r between per-dimension means of real and synthetic (EHRDiff/medGAN)", bounds=(-1.0, 1.0)),
     MetricSpec("dimension_wise_rmse", _dimwise_rmse, "fidelity", "min", 0.0, 0.05,
-               "RMSE between per-dimension means on the real [1 %, 99 %] range scale"),
+               "RMSE between per-dimension means on the real [1 %, 99 %] range scale", bounds=(0.0, math.inf)),
     MetricSpec("correlation_distance", _corr, "fidelity", "min", 0.0, 0.1,
-               "weighted RMS gap between correlation matrices of per-stay means and static features"),
+               "weighted RMS gap between correlation matrices of per-stay means and static features",
+               bounds=(0.0, 2.0)),
     MetricSpec("autocorrelation_gap", _autocorr, "fidelity", "min", 0.0, 0.1,
-               "mean |ACF gap| at lags 1-6 h of standardised forward-filled series"),
+               "mean |ACF gap| at lags 1-6 h of standardised forward-filled series", bounds=(0.0, 2.0)),
     MetricSpec("trajectory_gap", _trajectory, "fidelity", "min", 0.0, 0.1,
-               "observation-weighted mean |hourly mean gap| of standardised values (real SD units)"),
+               "observation-weighted mean |hourly mean gap| of standardised values (real SD units)",
+               bounds=(0.0, math.inf)),
     MetricSpec("mmd", _mmd, "fidelity", "min", 0.0, 0.02,
-               "MMD^2 (RBF, median heuristic) between standardised per-stay summaries"),
+               "MMD^2 (RBF, median heuristic) between standardised per-stay summaries", bounds=(0.0, 2.0)),
     MetricSpec("alpha_precision", _alpha, "fidelity", "max", 1.0, 0.8,
                "integrated alpha-precision: synthetic stays fall in the real support (Alaa et al. 2022)"),
     MetricSpec("beta_recall", _beta, "fidelity", "max", 1.0, 0.8,
@@ -359,13 +363,15 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("discriminative_gru", _disc_gru, "fidelity", "min", 0.5, 0.7,
                "held-out AUROC of a GRU telling real from synthetic sequences (0.5 best)", gru=True),
     MetricSpec("utility_logreg", _utility("logreg"), "utility", "max", 0.0, -0.05,
-               "TSTR - TRTR AUROC, logistic regression on summaries (0 = as useful as real)", per_site=False),
+               "TSTR - TRTR AUROC, logistic regression on summaries (0 = as useful as real)", bounds=(-1.0, 1.0),
+               per_site=False),
     MetricSpec("utility_gbm", _utility("gbm"), "utility", "max", 0.0, -0.05,
-               "TSTR - TRTR AUROC, gradient boosting on summaries", per_site=False),
+               "TSTR - TRTR AUROC, gradient boosting on summaries", bounds=(-1.0, 1.0), per_site=False),
     MetricSpec("utility_gru", _utility("gru"), "utility", "max", 0.0, -0.05,
-               "TSTR - TRTR AUROC, GRU on sequences", gru=True, per_site=False),
+               "TSTR - TRTR AUROC, GRU on sequences", bounds=(-1.0, 1.0), gru=True, per_site=False),
     MetricSpec("dcr_ratio", _dcr, "privacy", "max", 1.0, 0.8,
-               "median DCR synthetic->train / median DCR test->train (~1 good, << 1 copying)"),
+               "median DCR synthetic->train / median DCR test->train (~1 good, << 1 copying)",
+               bounds=(0.0, math.inf)),
     MetricSpec("dcr_closer_to_train", _closer, "privacy", "min", 0.5, 0.6,
                "share of synthetic stays closer to train than to test, adjusted to equal set sizes (0.5 ideal)"),
     MetricSpec("nndr", _nndr, "privacy", "max", 1.0, None,
@@ -377,7 +383,8 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("membership_auc", _membership, "privacy", "min", 0.5, 0.6,
                "AUROC of the distance-to-synthetic membership attack, train vs test (0.5 ideal)"),
     MetricSpec("attribute_risk", _attribute, "privacy", "min", 0.0, 0.05,
-               "k-NN attribute inference accuracy via synthetic minus via held-out real data (worst attribute)"),
+               "k-NN attribute inference accuracy via synthetic minus via held-out real data (worst attribute)",
+               bounds=(-1.0, 1.0)),
 )}
 
 

@@ -120,7 +120,7 @@ def gbm_scores(train: TaskData, test: TaskData, seed: int) -> np.ndarray:
     """HistGradientBoosting on summaries (NaN handled natively). Returns (n_test,) probabilities."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=20,
+    clf = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=20,
                                          l2_regularization=1.0, early_stopping=False, random_state=seed)
     clf.fit(_finite_or_nan(train.summaries), train.y)
     return clf.predict_proba(_finite_or_nan(test.summaries))[:, 1]

@@ -17,8 +17,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -43,8 +44,12 @@ def executable(name: str) -> str:
 
 
 def flower_env(flwr_home: str | Path | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for Flower processes: telemetry off, no runtime ``uv sync``, optional FLWR_HOME."""
+    """Environment for Flower processes: telemetry off, no runtime ``uv sync``, optional FLWR_HOME, and this
+    Python's script folder first on PATH (Flower starts flower-superexec / flwr-clientapp by name)."""
     env = dict(os.environ if base is None else base)
+    scripts = str(Path(sys.executable).parent)
+    if env.get("PATH", "").split(os.pathsep)[0] != scripts:
+        env["PATH"] = os.pathsep.join([scripts, *filter(None, [env.get("PATH")])])
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     if flwr_home is not None:
@@ -348,8 +353,45 @@ def run_foreground(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> 
                 p.kill()
 
 
-def flwr_run(app_dir: str | Path, connection: str, *, flwr_home: str | Path | None = None,
-             extra: Iterable[str] = ()) -> int:
-    """``flwr run APP CONNECTION --stream`` in the foreground; its exit code."""
-    cmd = [executable("flwr"), "run", str(app_dir), connection, "--stream", *extra]
-    return run_foreground(cmd, env=flower_env(flwr_home))
+def _flwr_json(args: Sequence[str], env: Mapping[str, str]) -> dict[str, Any]:
+    import json
+
+    done = subprocess.run([executable("flwr"), *args, "--format", "json"], env=dict(env), capture_output=True,
+                          text=True, timeout=300)
+    text = done.stdout[done.stdout.find("{"):] if "{" in done.stdout else ""
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError:
+        out = {}
+    if done.returncode != 0 or not out.get("success", False):
+        raise FedEHRError(f"`flwr {' '.join(args)}` failed: {(done.stdout + done.stderr).strip()[-2000:]}")
+    return out
+
+
+def run_status(run_id: str, connection: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The run's record from ``flwr ls --run-id`` (status is e.g. 'running', 'finished:completed')."""
+    runs = _flwr_json(["ls", connection, "--run-id", str(run_id)], env).get("runs", [])
+    if not runs:
+        raise FedEHRError(f"the SuperLink does not know run {run_id}")
+    return runs[0]
+
+
+def submit_run(app_dir: str | Path, connection: str, *, flwr_home: str | Path | None = None,
+               poll_s: float = 2.0) -> dict[str, Any]:
+    """``flwr run`` the app, stream its log until it ends, and return its final ``flwr ls`` record.
+
+    ``flwr run --stream`` exits 0 even when the ServerApp fails, so the outcome is read from the run's
+    status instead.
+    """
+    env = flower_env(flwr_home)
+    run_id = str(_flwr_json(["run", str(app_dir), connection], env)["run-id"])
+    try:
+        run_foreground([executable("flwr"), "log", run_id, connection, "--stream"], env=env)
+        status = run_status(run_id, connection, env)
+        while not str(status.get("status", "")).startswith("finished"):
+            time.sleep(poll_s)
+            status = run_status(run_id, connection, env)
+    except KeyboardInterrupt:
+        raise FedEHRError(f"stopped following run {run_id}; it goes on at the SuperLink "
+                          f"(`flwr stop {run_id} {connection}` ends it)") from None
+    return status

@@ -268,12 +268,17 @@ def figures(train: Cohort, synthetic: Cohort, artifacts: dict[str, Any], rng: np
     with threadpool_limits(limits=1):
         figs = [*plots.histogram_figures(train, synthetic), *plots.trajectory_figures(train, synthetic),
                 plots.dimension_scatter(train, synthetic), plots.correlation_figure(train, synthetic),
-                plots.missingness_figure(train, synthetic), plots.embedding_figure(train, synthetic, rng)]
+                plots.missingness_figure(train, synthetic)]
+        optional = [
+            (plots.embedding_figure(train, synthetic, rng), f"PCA/t-SNE: needs at least {plots.MIN_EMBED_STAYS} "
+             "stays in both the real training and the synthetic cohort"),
+            (plots.dcr_figure(artifacts), "DCR histogram: the evaluation has no 'dcr_syn_to_train' and "
+             "'dcr_syn_to_test' artefacts"),
+            (plots.roc_figure(artifacts), "ROC curves: the evaluation has no 'roc:<split>:<model>:fpr/tpr' "
+             "artefacts"),
+        ]
     notices = []
-    for fig, what in ((plots.dcr_figure(artifacts), "DCR histogram: the evaluation has no 'dcr_syn_to_train' "
-                       "and 'dcr_syn_to_test' artefacts"),
-                      (plots.roc_figure(artifacts), "ROC curves: the evaluation has no 'roc:<split>:<model>:fpr/tpr' "
-                       "artefacts")):
+    for fig, what in optional:
         if fig is None:
             notices.append(f"Not shown — {what}.")
         else:

@@ -64,7 +64,9 @@ def _grid(n: int, ncols: int = 8, w: float = 1.9, h: float = 1.5, wspace: float 
 
 def _chunks(n: int) -> list[range]:
     """Split n panels into the fewest figures of <= MAX_PANELS, balanced (42 -> 21 + 21, not 40 + 2)."""
-    size = math.ceil(n / max(1, math.ceil(n / MAX_PANELS)))
+    if n == 0:
+        return []
+    size = math.ceil(n / math.ceil(n / MAX_PANELS))
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
@@ -299,10 +301,11 @@ def correlation_figure(real: Cohort, syn: Cohort) -> Figure:
     names = real.schema.temporal_names
     cr, cs = pairwise_corr(stay_means(real.values)), pairwise_corr(stay_means(syn.values))
     diff = np.abs(cr - cs)
-    mad = float(np.nanmean(diff[~np.eye(len(names), dtype=bool)])) if len(names) > 1 else float("nan")
+    mad = float(nan_mean(diff[~np.eye(len(names), dtype=bool)], axis=0))  # NaN when no pair is comparable
     side = min(5.5, 2.0 + 0.1 * len(names))
+    mad_text = "n/a" if math.isnan(mad) else f"{mad:.3f}"
     png = _heatmaps([("real (train)", cr, "RdBu_r", -1, 1), ("synthetic", cs, "RdBu_r", -1, 1),
-                     (f"|difference| (mean {mad:.3f})", diff, "Reds", 0, 1)], names, None, (3 * side + 1.5, side))
+                     (f"|difference| (mean {mad_text})", diff, "Reds", 0, 1)], names, None, (3 * side + 1.5, side))
     return Figure(
         "corr", "Feature correlations",
         "Pearson correlation between features of each stay's mean observed value (pairs observed in the same "
@@ -332,18 +335,25 @@ def missingness_figure(real: Cohort, syn: Cohort) -> Figure:
 def stay_summaries(c: Cohort, ref: Cohort) -> np.ndarray:
     """(N, 2F + S) per-stay features standardised with ``ref`` (the real data): stay means (missing -> 0),
     observed share of bins per feature, static values (missing -> 0)."""
-    m_ref, m = stay_means(ref.values), stay_means(c.values)
-    mu, sd = nan_mean(m_ref, axis=0), np.sqrt(nan_mean((m_ref - nan_mean(m_ref, axis=0)) ** 2, axis=0))
-    means = np.nan_to_num((m - mu) / np.where(sd > 1e-12, sd, 1.0), nan=0.0)
-    mu_s = nan_mean(ref.static, axis=0)
-    sd_s = np.sqrt(nan_mean((ref.static - mu_s) ** 2, axis=0))
-    static = np.nan_to_num((c.static - mu_s) / np.where(sd_s > 1e-12, sd_s, 1.0), nan=0.0)
-    return np.concatenate([means, c.mask.mean(axis=1), static], axis=1)
+    def standardise(x: np.ndarray, x_ref: np.ndarray) -> np.ndarray:  # (N, D) with NaN -> (N, D), NaN -> 0
+        mu = nan_mean(x_ref, axis=0)
+        sd = np.sqrt(nan_mean((x_ref - mu) ** 2, axis=0))
+        return np.nan_to_num((x - mu) / np.where(sd > 1e-12, sd, 1.0), nan=0.0)
+
+    means = standardise(stay_means(c.values), stay_means(ref.values))
+    return np.concatenate([means, c.mask.mean(axis=1), standardise(c.static, ref.static)], axis=1)
+
+
+MIN_EMBED_STAYS = 5
 
 
 def embedding_figure(real: Cohort, syn: Cohort, rng: np.random.Generator, max_points: int = 1000,
-                     max_tsne_points: int = 600) -> Figure:
-    """PCA (fitted on real) and t-SNE (joint) of per-stay summaries, subsampled with ``rng``."""
+                     max_tsne_points: int = 600) -> Figure | None:
+    """PCA (fitted on real) and t-SNE (joint) of per-stay summaries, subsampled with ``rng``.
+
+    None when either cohort has fewer than MIN_EMBED_STAYS stays (the caller shows a notice)."""
+    if min(len(real), len(syn)) < MIN_EMBED_STAYS:
+        return None
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
@@ -405,8 +415,11 @@ def dcr_figure(artifacts: dict) -> Figure | None:
     ref = artifact(artifacts, "dcr_test_to_train")  # optional holdout reference
     if tr is None or te is None:
         return None
+    if tr.size == 0 or te.size == 0:
+        raise InputError("DCR artefact is empty", field="artifacts['dcr_syn_to_train'/'dcr_syn_to_test']",
+                         expected="one distance per synthetic stay")
     both = np.concatenate([tr, te])
-    hi = float(np.quantile(both, 0.99)) if both.size else 1.0
+    hi = float(np.quantile(both, 0.99))
     edges = np.linspace(0.0, hi if hi > 0 else 1.0, 41)
     fig = MplFigure(figsize=(6.4, 3.6), layout="constrained")
     ax = fig.subplots()

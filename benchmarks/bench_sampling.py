@@ -1,0 +1,114 @@
+"""Sampling throughput of the FedEHR-Gen generator (stays per second), quickstart-sized and paper-scale networks.
+
+Usage: .venv/bin/python benchmarks/bench_sampling.py [--json PATH] [--n 20000] [--repeats 3] [--device cpu]
+
+Builds a generator for a 48 h × 43-feature schema (every temporal variable of the catalogue, 4 static) with
+randomly initialised networks (throughput does not depend on the weights' values: every stage is dense), a
+normaliser and count distribution fitted on a random cohort, then times ``SyntheticGenerator.sample(n)``
+end to end: labels, TCVAE decoding, AE decoding, head sampling, inverse normalisation, clipping, counts and the
+Cohort. Reported: median seconds and stays/s per configuration, torch threads, CPU count. Target: >= 20,000
+stays/s for configs/quickstart.toml on a 2-core CPU. Exit status 1 if the quickstart target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 20_000.0
+
+
+def build(config: Path, device: str):  # noqa: ANN201
+    from fedehr.algorithms.generate import build_generator
+    from fedehr.algorithms.site import count_histogram, label_patterns
+    from fedehr.config import load_config
+    from fedehr.data.catalogue import STATIC, TEMPORAL, static_specs, temporal_specs
+    from fedehr.data.cohort import Cohort
+    from fedehr.data.fedstats import site_stats
+    from fedehr.data.schema import Schema
+    from fedehr.data.transforms import Normaliser
+    from fedehr.models import init_parameters
+    from fedehr.models.autoencoder import build_autoencoder
+    from fedehr.models.encoding import Layout
+    from fedehr.models.tcvae import build_tcvae
+    from fedehr.training.checkpoint import state_to_numpy
+
+    cfg = load_config(config, [f"device={device}"])
+    schema = Schema(temporal_specs(list(TEMPORAL)), static_specs(list(STATIC)), hours=48, bin_hours=1)
+    rng = np.random.default_rng(0)
+    n, t, f = 300, schema.n_bins, len(schema.temporal)
+    lo = np.array([max(s.valid_min, 0.0) for s in schema.temporal])
+    hi = np.array([min(s.valid_max, 500.0) for s in schema.temporal])
+    counts = (rng.random((n, t, f)) < 0.3) * rng.integers(1, 4, (n, t, f))
+    values = np.where(counts > 0, lo + (hi - lo) * rng.uniform(0.2, 0.8, (n, t, f)), np.nan)
+    values[:, :, [s.kind == "binary" for s in schema.temporal]] = rng.integers(0, 2, (n, t, 1))
+    values = np.where(counts > 0, values, np.nan)
+    static = np.stack([rng.uniform(20, 90, n), rng.integers(0, 2, n), rng.uniform(150, 190, n),
+                       rng.uniform(50, 120, n)], 1)
+    cohort = Cohort(schema, np.arange(n), np.full(n, "a"), static, values, counts, (rng.random((n, 1)) < 0.15))
+    norm = Normaliser.from_stats(site_stats(cohort), schema)
+    hist = count_histogram(cohort.counts, cfg.sampling.max_count).astype(float)
+    pats = label_patterns(cohort.labels).astype(float)
+    lay = Layout.of(schema)
+    g = torch.Generator().manual_seed(0)
+    ae = state_to_numpy(init_parameters(build_autoencoder(cfg.ae, lay), g))
+    tc = state_to_numpy(init_parameters(build_tcvae(cfg.tcvae, lay, x_dim=cfg.ae.latent), g))
+    sampling = {"label_probs": (pats / pats.sum()).tolist(), "count_pmf": (hist / hist.sum(1, keepdims=True)).tolist(),
+                "latent_mean": [0.0] * cfg.ae.latent, "latent_std": [1.0] * cfg.ae.latent}
+    return build_generator(cfg, schema, norm, {"ae": ae, "tcvae": tc}, sampling), schema
+
+
+def measure(config: Path, n: int, repeats: int, device: str) -> dict[str, object]:
+    gen, schema = build(config, device)
+    gen.sample(min(n, 2048), seed=99, device=device)  # warm-up (allocators, kernels)
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        c = gen.sample(n, seed=r, device=device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    assert len(c) == n
+    med = statistics.median(times)
+    n_params = sum(p.numel() for p in gen.tcvae.parameters()) + sum(p.numel() for p in gen.ae.parameters())
+    return {"config": str(config.relative_to(REPO)), "stays": n, "hours": schema.n_bins,
+            "features": len(schema.temporal), "parameters": n_params, "seconds_median": med,
+            "seconds_all": times, "stays_per_s": n / med}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--n", type=int, default=20_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "src"))
+    rows = [measure(REPO / "configs" / name, args.n, args.repeats, args.device)
+            for name in ("quickstart.toml", "fedehr-gen.toml")]
+    out = {"device": args.device, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "machine": platform.processor() or platform.machine(), "load_avg_1m": os.getloadavg()[0],
+           "target_stays_per_s_quickstart": TARGET, "results": rows}
+    for r in rows:
+        print(f"{r['config']:28s} {r['stays']} stays in {r['seconds_median']:.2f} s -> "
+              f"{r['stays_per_s']:,.0f} stays/s ({r['parameters']:,} parameters)")
+    print(f"(load average {out['load_avg_1m']:.1f} on {out['cpus']} CPUs; other processes slow this down)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+    ok = args.device != "cpu" or rows[0]["stays_per_s"] >= TARGET
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
