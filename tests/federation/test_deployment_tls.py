@@ -33,29 +33,7 @@ from fedehr.federation.deployment import (
 
 pytestmark = pytest.mark.slow
 FEDEHR = str(Path(sys.executable).with_name("fedehr"))
-TINY = """
-method = "fedehr-gen"
-device = "cpu"
-min_sites = 3
-round_timeout_s = 300
-eval_sample = 40
-[ae]
-hidden = [8]
-latent = 4
-[tcvae]
-latent = 4
-hidden = 8
-cond_dim = 4
-time_dim = 4
-[stage1]
-rounds = 1
-batch_size = 32
-[stage2]
-rounds = 2
-batch_size = 32
-[matching]
-retrain_epochs = 0
-"""
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"  # the repository's debug preset
 
 
 def free_port() -> int:
@@ -100,7 +78,7 @@ def test_tls_supernode_auth_three_sites_train_fedehr_gen(tmp_path):
         procs.start("superlink", superlink_command(host="127.0.0.1", port=port, tls=tls, supernode_auth=True),
                     log=logs / "superlink.log", env=flower_env(tmp_path / "home-superlink"))
         wait_for(lambda: port_open(port), "the SuperLink port")
-        for i, (site, cohort) in enumerate(site_dirs.items()):
+        for site, cohort in site_dirs.items():
             key, pub = make_node_key(tmp_path / "keys", site)
             reg = subprocess.run([executable("flwr"), "supernode", "register", str(pub), "fed"], env=cli_env,
                                  capture_output=True, text=True, timeout=120)
@@ -117,9 +95,10 @@ def test_tls_supernode_auth_three_sites_train_fedehr_gen(tmp_path):
         wait_for(lambda: online_nodes(cli_env) == 3, "three authenticated SuperNodes online", timeout_s=120)
         procs.snapshot()
 
-        config, run = tmp_path / "tiny.toml", tmp_path / "run"
-        config.write_text(TINY)
-        train = subprocess.run([FEDEHR, "train", "--superlink", "fed", "--config", str(config), "--out", str(run)],
+        run = tmp_path / "run"
+        # tiny preset; matching without local retraining keeps the number of deployment rounds small
+        train = subprocess.run([FEDEHR, "train", "--superlink", "fed", "--config", str(TINY), "--set", "min_sites=3",
+                                "--set", "eval_sample=40", "--set", "matching.retrain_epochs=0", "--out", str(run)],
                                env={**cli_env, "COLUMNS": "120"}, capture_output=True, text=True, timeout=600)
         procs.snapshot()
         assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-4000:]

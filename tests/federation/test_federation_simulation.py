@@ -26,29 +26,7 @@ from fedehr.federation.simulation import simulate
 pytestmark = pytest.mark.slow
 
 FEDEHR = [str(Path(sys.executable).with_name("fedehr"))]
-TINY = """
-method = "fedehr-gen"
-device = "cpu"
-min_sites = 2
-round_timeout_s = 300
-eval_sample = 40
-[ae]
-hidden = [8]
-latent = 4
-[tcvae]
-latent = 4
-hidden = 8
-cond_dim = 4
-time_dim = 4
-[stage1]
-rounds = 1
-batch_size = 32
-[stage2]
-rounds = {rounds}
-batch_size = 32
-[matching]
-retrain_epochs = 0
-"""
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"  # the repository's debug preset
 
 
 def alive(procs: dict[tuple[int, float], psutil.Process]) -> list[str]:
@@ -136,9 +114,9 @@ def test_simulation_survives_a_failing_site_and_leaves_no_processes(cohort, tmp_
 
 
 def test_fedehr_train_simulation_writes_the_run(cohort, tmp_path):
-    cfg, run, seen = tmp_path / "tiny.toml", tmp_path / "run", {}
-    cfg.write_text(TINY.format(rounds=2))
-    proc = run_cli(["train", "--cohort", str(cohort), "--config", str(cfg), "--out", str(run)], seen=seen)
+    run, seen = tmp_path / "run", {}
+    proc = run_cli(["train", "--cohort", str(cohort), "--config", str(TINY), "--set", "eval_sample=40",
+                    "--set", "min_sites=2", "--out", str(run)], seen=seen)
     out = finish(proc, seen)
     assert proc.returncode == 0, out
     metrics = json.loads((run / "metrics.json").read_text())
@@ -151,13 +129,21 @@ def test_fedehr_train_simulation_writes_the_run(cohort, tmp_path):
     assert "done:" in out
     assert settle(seen) == []
 
+    synthetic = tmp_path / "synthetic"
+    done = subprocess.run([*FEDEHR, "sample", "--run", str(run), "--n", "25", "--format", "cohort", "--out",
+                           str(synthetic), "--condition", "mortality=1", "--seed", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    syn = load_cohort(synthetic)
+    assert len(syn) == 25 and (syn.label("mortality") == 1).all()
+    assert syn.schema.differences(load_cohort(cohort).schema) == []
+
 
 def test_kill_then_resume_does_not_redo_completed_rounds(cohort, tmp_path):
-    cfg, run, seen = tmp_path / "tiny.toml", tmp_path / "run", {}
-    cfg.write_text(TINY.format(rounds=4))
+    run, seen = tmp_path / "run", {}
     latest = run / "state" / "latest.json"
-    proc = run_cli(["train", "--cohort", str(cohort), "--config", str(cfg), "--out", str(run)], seen=seen,
-                   until=latest.is_file)
+    proc = run_cli(["train", "--cohort", str(cohort), "--config", str(TINY), "--set", "stage2.rounds=4",
+                    "--out", str(run)], seen=seen, until=latest.is_file)
     assert proc.poll() is None, "training ended before its first checkpoint could be observed"
     os.kill(proc.pid, signal.SIGTERM)  # by PID; the run stops after the current round
     out = finish(proc, seen, timeout_s=120)

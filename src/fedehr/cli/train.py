@@ -63,9 +63,10 @@ def _print_result(metrics: dict[str, Any], out: Path) -> None:
     from fedehr.cli.render import console
 
     rt = metrics["runtime"]
+    traffic = ("in-process, nothing sent" if rt["kind"] == "inprocess" else
+               f"{rt['bytes_sent'] / 1e6:.2f} MB sent, {rt['bytes_received'] / 1e6:.2f} MB received")
     console.print(f"[green]done[/]: {rt['n_rounds']} rounds over {len(rt['sites'])} site(s) "
-                  f"({', '.join(rt['sites'])}) in {rt['wall_s']:.1f} s; "
-                  f"{rt['bytes_sent'] / 1e6:.2f} MB sent, {rt['bytes_received'] / 1e6:.2f} MB received")
+                  f"({', '.join(rt['sites'])}) in {rt['wall_s']:.1f} s; {traffic}")
     if rt["missing"]:
         console.print(f"[yellow]sites missing in some rounds[/]: {rt['missing']} (errors in metrics.json)")
     console.print(f"run written to [bold]{out}[/] (model files, metrics.json, config.toml)")
@@ -134,7 +135,8 @@ def _train_deployed(cfg: Any, out: Path, superlink: str, resume: bool) -> None:
     if cfg.method not in FEDERATED:
         raise InputError("only federated methods run on a SuperLink", field="method", value=cfg.method,
                          expected=" | ".join(FEDERATED))
-    run_config = {"run-dir": str(out), "config-json": json.dumps(cfg.to_dict()), "resume": resume}
+    run_config = {"run-dir": str(out), "config-json": json.dumps(cfg.to_dict()), "resume": resume,
+                  "seed": int(cfg.seed)}
     with tempfile.TemporaryDirectory(prefix="fedehr-app-") as tmp:
         app_dir = write_app_project(tmp, run_config)
         console.print(f"submitting [bold]{cfg.method}[/] to SuperLink connection [bold]{superlink}[/]; "

@@ -27,6 +27,23 @@ def balanced_split(n_real: int, n_syn: int, rng: np.random.Generator, test_fract
     return r[n_test:], r[:n_test], s[n_test:], s[:n_test]
 
 
+def without_cross_duplicates(real_tr: np.ndarray, real_te: np.ndarray, syn_tr: np.ndarray, syn_te: np.ndarray,
+                             real_keys: np.ndarray | None, syn_keys: np.ndarray | None
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Training indices (real, syn) without records identical to a held-out record of the other class.
+
+    real_keys (N, 2) / syn_keys (M, 2) are exact record hashes (featurize.record_keys). Without this, a synthetic
+    set that copies the real stays scores far below 0.5: the classifier memorises each copy with the opposite
+    label. Exact copies are a privacy finding (see privacy.exact_match_rate), not a fidelity one.
+    """
+    if real_keys is None or syn_keys is None:
+        return real_tr, syn_tr
+    as_c = lambda k: k[:, 0] + 1j * k[:, 1]  # noqa: E731
+    keep_real = ~np.isin(as_c(real_keys[real_tr]), as_c(syn_keys[syn_te]))
+    keep_syn = ~np.isin(as_c(syn_keys[syn_tr]), as_c(real_keys[real_te]))
+    return real_tr[keep_real], syn_tr[keep_syn]
+
+
 def _check_sizes(n_real: int, n_syn: int) -> None:
     if min(n_real, n_syn) < 2:
         raise ValueError(f"the discriminative score needs >= 2 stays per class, got {n_real} real and {n_syn} "
@@ -34,16 +51,19 @@ def _check_sizes(n_real: int, n_syn: int) -> None:
 
 
 def discriminative_auroc_gbm(real: np.ndarray, syn: np.ndarray, rng: np.random.Generator,
-                             test_fraction: float = 0.3, max_per_class: int | None = 5000) -> float:
+                             test_fraction: float = 0.3, max_per_class: int | None = 5000,
+                             real_keys: np.ndarray | None = None, syn_keys: np.ndarray | None = None) -> float:
     """Held-out AUROC of HistGradientBoosting separating real from synthetic per-stay summaries.
 
-    real (N, D), syn (M, D) raw summaries (NaN allowed: HistGradientBoosting routes missing values natively).
+    real (N, D), syn (M, D) raw summaries (NaN allowed: HistGradientBoosting routes missing values natively);
+    optional exact record hashes (N, 2), (M, 2) to drop cross-class duplicates (:func:`without_cross_duplicates`).
     Returns [0, 1]; 0.5 is best (indistinguishable), values near 1 mean easily detected synthetic data.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     _check_sizes(len(real), len(syn))
     rtr, rte, str_, ste = balanced_split(len(real), len(syn), rng, test_fraction, max_per_class)
+    rtr, str_ = without_cross_duplicates(rtr, rte, str_, ste, real_keys, syn_keys)
     x_tr = np.concatenate([real[rtr], syn[str_]])
     y_tr = np.r_[np.ones(len(rtr)), np.zeros(len(str_))]
     x_te = np.concatenate([real[rte], syn[ste]])
@@ -57,14 +77,17 @@ def discriminative_auroc_gbm(real: np.ndarray, syn: np.ndarray, rng: np.random.G
 
 def discriminative_auroc_gru(real_x: np.ndarray, real_s: np.ndarray, syn_x: np.ndarray, syn_s: np.ndarray,
                              rng: np.random.Generator, cfg: GRUConfig = GRUConfig(), test_fraction: float = 0.3,
-                             max_per_class: int | None = 5000) -> float:
+                             max_per_class: int | None = 5000, real_keys: np.ndarray | None = None,
+                             syn_keys: np.ndarray | None = None) -> float:
     """Held-out AUROC of a small GRU separating real from synthetic sequences.
 
     real_x (N, T, C), real_s (N, S'), syn_x (M, T, C), syn_s (M, S') from ``sequence_inputs`` (standardised with
-    the REAL training statistics, NaN -> 0, plus mask channels). Returns [0, 1]; 0.5 is best.
+    the REAL training statistics, NaN -> 0, plus mask channels); optional record hashes as for the GBM.
+    Returns [0, 1]; 0.5 is best.
     """
     _check_sizes(len(real_x), len(syn_x))
     rtr, rte, str_, ste = balanced_split(len(real_x), len(syn_x), rng, test_fraction, max_per_class)
+    rtr, str_ = without_cross_duplicates(rtr, rte, str_, ste, real_keys, syn_keys)
     x_tr = np.concatenate([real_x[rtr], syn_x[str_]])
     s_tr = np.concatenate([real_s[rtr], syn_s[str_]])
     y_tr = np.r_[np.ones(len(rtr)), np.zeros(len(str_))]

@@ -268,11 +268,14 @@ def mmd_rbf(real: np.ndarray, syn: np.ndarray, rng: np.random.Generator, max_n: 
     """Squared maximum mean discrepancy with an RBF kernel (biased V-statistic, Gretton et al. 2012).
 
     real (N, D), syn (M, D) finite (standardised, NaN-filled summaries). Each set is subsampled to ``max_n``
-    rows with ``rng``; k(x, y) = exp(-||x - y||^2 / (2 sigma^2)) with sigma the median pairwise distance of the
-    pooled sample (median heuristic). MMD^2 = mean K_rr + mean K_ss - 2 mean K_rs. Returns [0, 2]; 0 for
-    identical samples. Lower is better.
+    rows (one index stream drawn from ``rng``, used for both); k(x, y) = exp(-||x - y||^2 / (2 sigma^2)) with
+    sigma the median pairwise distance of the pooled sample (median heuristic).
+    MMD^2 = mean K_rr + mean K_ss - 2 mean K_rs. Returns [0, 2]; 0 for identical samples. Lower is better.
     """
-    x, y = _subsample(real, max_n, rng), _subsample(syn, max_n, rng)
+    # Both sets are subsampled with the same index stream, so identical inputs keep identical subsamples.
+    sub_seed = int(rng.integers(2**63 - 1))
+    x = _subsample(real, max_n, np.random.default_rng(sub_seed))
+    y = _subsample(syn, max_n, np.random.default_rng(sub_seed))
     z = np.concatenate([x, y])
     d_zz = _sq_dists(z, z)
     med = np.median(d_zz[np.triu_indices(len(z), k=1)]) if len(z) > 1 else 0.0

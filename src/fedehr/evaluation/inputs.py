@@ -148,5 +148,15 @@ class Inputs:
 
         return nn_distances(self.z_test, self.z_train, k=min(2, len(self.z_train)))
 
-    def keys(self, c: Cohort) -> np.ndarray:
-        return record_keys(c.values, c.counts, c.static, c.labels)
+    # ---- exact record hashes (duplicates) ---------------------------------------------------------------------
+    @cached_property
+    def keys_train(self) -> np.ndarray:
+        return record_keys(self.train.values, self.train.counts, self.train.static, self.train.labels)
+
+    @cached_property
+    def keys_test(self) -> np.ndarray:
+        return record_keys(self.test.values, self.test.counts, self.test.static, self.test.labels)
+
+    @cached_property
+    def keys_syn(self) -> np.ndarray:
+        return record_keys(self.syn.values, self.syn.counts, self.syn.static, self.syn.labels)

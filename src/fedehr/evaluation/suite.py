@@ -194,13 +194,15 @@ def _beta(inp: Inputs) -> Result:
 
 
 def _disc_gbm(inp: Inputs) -> Result:
-    return {"value": disc.discriminative_auroc_gbm(inp.x_train, inp.x_syn, inp.rng("disc_gbm"))}
+    return {"value": disc.discriminative_auroc_gbm(inp.x_train, inp.x_syn, inp.rng("disc_gbm"),
+                                                    real_keys=inp.keys_train, syn_keys=inp.keys_syn)}
 
 
 def _disc_gru(inp: Inputs) -> Result:
     (xr, sr), (xs, ss) = inp.sequences(inp.train), inp.sequences(inp.syn)
     return {"value": disc.discriminative_auroc_gru(xr, sr, xs, ss, inp.rng("disc_gru"),
-                                                    cfg=inp.settings.gru_discriminator)}
+                                                    cfg=inp.settings.gru_discriminator, real_keys=inp.keys_train,
+                                                    syn_keys=inp.keys_syn)}
 
 
 # ---- utility adapters ------------------------------------------------------------------------------------------
@@ -253,9 +255,8 @@ def _nndr(inp: Inputs) -> Result:
 
 
 def _exact(inp: Inputs) -> Result:
-    k_train = inp.keys(inp.train)
-    return {"value": priv.exact_match_rate(inp.keys(inp.syn), k_train),
-            "reference_test": priv.exact_match_rate(inp.keys(inp.test), k_train)}
+    return {"value": priv.exact_match_rate(inp.keys_syn, inp.keys_train),
+            "reference_test": priv.exact_match_rate(inp.keys_test, inp.keys_train)}
 
 
 def _near(inp: Inputs) -> Result:

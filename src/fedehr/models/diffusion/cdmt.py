@@ -25,6 +25,7 @@ Classifier-free guidance: label dropout 0.1; D̃ = (1 + w)D(x, y) − wD(x, ∅)
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -151,31 +152,51 @@ class Timewarp(nn.Module):
         gamma = F_.softplus(add(self.g_c, self.g_t))
         return mu, v, gamma
 
-    def _bounds(self, mu: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.sigmoid(v * (self.z_min - mu)), torch.sigmoid(v * (self.z_max - mu))
+    def _t_bounds(self, mu: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logistic arguments t = v(z − μ) at z_min and z_max."""
+        return v * (self.z_min - mu), v * (self.z_max - mu)
+
+    @staticmethod
+    def _between(t: torch.Tensor, t_lo: torch.Tensor, t_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G(t) − G(t_lo), G(t_hi) − G(t_lo)) for the logistic G, computed on the unsaturated side."""
+        upper = (t_lo + t_hi) > 0  # most of the range in G's upper tail: use 1 − G = G(−t)
+        s = torch.where(upper, -1.0, 1.0)
+        num = torch.sigmoid(s * t) - torch.sigmoid(s * t_lo)
+        den = torch.sigmoid(s * t_hi) - torch.sigmoid(s * t_lo)
+        return num * s, den * s
 
     def sigma(self, u: torch.Tensor) -> torch.Tensor:
-        """(B,) diffusion times in [0, 1] → (B, C, T) float32 noise levels, σ(0) = σ_min, σ(1) = σ_max."""
+        """(B,) diffusion times in [0, 1] → (B, C, T) float32 noise levels, σ(0) = σ_min, σ(1) = σ_max.
+
+        Inverse CDF in log space: G = (1 − u)G(t_lo) + uG(t_hi), t = log G − log(1 − G), z = μ + t/v, which
+        stays exact when the logistic saturates inside [z_min, z_max].
+        """
         mu, v, _ = self.params()
-        g_lo, g_hi = self._bounds(mu, v)
-        g = g_lo + u.double()[:, None, None].clamp(0, 1) * (g_hi - g_lo)  # (B, C, T)
-        z = mu + torch.logit(g.clamp(1e-15, 1 - 1e-15)) / v
+        t_lo, t_hi = self._t_bounds(mu, v)
+        u = u.double().clamp(0, 1)[:, None, None]
+        log_u, log_1mu = u.log(), torch.log1p(-u)
+        log_g = torch.logaddexp(log_1mu + F_.logsigmoid(t_lo), log_u + F_.logsigmoid(t_hi))
+        log_1mg = torch.logaddexp(log_1mu + F_.logsigmoid(-t_lo), log_u + F_.logsigmoid(-t_hi))
+        z = mu + (log_g - log_1mg) / v
         return z.clamp(self.z_min, self.z_max).exp().float()
 
     def cdf(self, sigma: torch.Tensor) -> torch.Tensor:
         """F_{c,τ}(σ) for σ (B, C, T), float64."""
         mu, v, _ = self.params()
-        g_lo, g_hi = self._bounds(mu, v)
-        return (torch.sigmoid(v * (sigma.double().log() - mu)) - g_lo) / (g_hi - g_lo)
+        t_lo, t_hi = self._t_bounds(mu, v)
+        num, den = self._between(v * (sigma.double().log() - mu), t_lo, t_hi)
+        return num / den
 
     def loss(self, sigma: torch.Tensor, ell: torch.Tensor) -> torch.Tensor:
         """Timewarp fit (B,): mean_{c,τ} w·(γF(σ) − ℓ)², w = 1/(p(ln σ)·(z_max − z_min)) (importance weight of the
         σ draw, so the fit is uniform in ln σ; E[w] = 1). ``sigma`` and ``ell`` (B, C, T) must be detached."""
         mu, v, gamma = self.params()
-        g_lo, g_hi = self._bounds(mu, v)
-        g = torch.sigmoid(v * (sigma.double().log() - mu))
-        f = (g - g_lo) / (g_hi - g_lo)
-        w = ((g_hi - g_lo) / (v * g * (1 - g)).clamp_min(1e-12) / (self.z_max - self.z_min)).detach()
+        t_lo, t_hi = self._t_bounds(mu, v)
+        t = v * (sigma.double().log() - mu)
+        num, den = self._between(t, t_lo, t_hi)
+        f = num / den
+        pdf = v * torch.sigmoid(t) * torch.sigmoid(-t) / den  # density of z = ln σ
+        w = (1.0 / (pdf.clamp_min(1e-12) * (self.z_max - self.z_min))).detach()
         return (w * (gamma * f - ell.double()) ** 2).mean(dim=(1, 2)).float()
 
 
@@ -204,7 +225,9 @@ class CDMT(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(h, elementwise_affine=False) for _ in range(cfg.layers))
         self.films = nn.ModuleList(nn.Linear(cfg.cond_dim, 2 * h) for _ in range(cfg.layers))
         self.head_num = nn.Linear(h, dims.n_num)
-        self.head_cat = nn.Linear(h, fc * self.k_max)
+        with warnings.catch_warnings():  # F_c = 0 (numeric-only latent mode): an empty head is intended
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            self.head_cat = nn.Linear(h, fc * self.k_max)
         self.timewarp = Timewarp(dims.n_channels, dims.n_bins, cfg)
         self.reset_output_layers()
 
@@ -243,10 +266,23 @@ class CDMT(nn.Module):
     def masked(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.masked_fill(~self.cat_valid, float("-inf"))
 
-    def interpolate(self, logits: torch.Tensor) -> torch.Tensor:
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, T, F_c, K_max), exactly zero for padded classes.
+
+        exp(clamp(ℓ, ±60)) · valid / Σ: the clamp only matters for logit gaps > 120 nats and replaces the max
+        subtraction and masking (fewer passes than torch.softmax over a length-K_max axis on CPU).
+        """
+        e = logits.clamp(-60.0, 60.0).exp() * self.cat_valid
+        return e / e.sum(dim=-1, keepdim=True)
+
+    def interpolate(self, logits: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         """Score interpolation ê_0 = Σ_k softmax(ℓ)_k e_k: (B, T, F_c, K_max) logits → (B, T, F_c, d_e)."""
-        probs = torch.softmax(self.masked(logits), dim=-1)
-        return torch.einsum("btfk,fkd->btfd", probs, self.embeddings())
+        p = self.probs(logits)
+        emb = self.embeddings() if emb is None else emb  # (F_c, K_max, d_e)
+        out = p[..., 0, None] * emb[:, 0]
+        for k in range(1, self.k_max):  # K_max is small (2-5 classes): unrolled beats a batched matmul
+            out = out + p[..., k, None] * emb[:, k]
+        return out
 
     def forward(self, state: torch.Tensor, sigma: torch.Tensor, u: torch.Tensor,
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,7 +300,7 @@ class CDMT(nn.Module):
             r = norm(gru(h)[0])  # (B, T, H)
             h = h + F_.silu(r * (1 + scale) + shift)
         n = self.dims.n_num
-        d_num = c_skip[..., :n] * state[..., :n] + c_out[..., :n] * self.head_num(h)  # (B, T, F_n)
+        d_num = torch.addcmul(c_skip[..., :n] * state[..., :n], c_out[..., :n], self.head_num(h))  # (B, T, F_n)
         logits = self.head_cat(h).reshape(b, t, self.dims.n_cat, self.k_max)
         return d_num, logits
 
@@ -354,17 +390,17 @@ def _train_labels(model: CDMT, y: torch.Tensor | None, b: int, generator: torch.
 
 def guided(model: CDMT, state: torch.Tensor, sigma: torch.Tensor, u: torch.Tensor, labels: torch.Tensor | None,
            w: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """CFG: (1 + w)·(D, ℓ)(x, y) − w·(D, ℓ)(x, ∅), masked logits; exactly the conditional model when w = 0."""
+    """CFG: (1 + w)·(D, ℓ)(x, y) − w·(D, ℓ)(x, ∅) with raw (unmasked) logits; exactly the conditional model
+    when w = 0 (a single evaluation)."""
     if labels is None or w == 0.0:
-        d, logits = model(state, sigma, u, labels)
-        return d, model.masked(logits)
+        return model(state, sigma, u, labels)
     null = torch.full_like(labels, model.null_label)
     d, logits = model(torch.cat([state, state]), sigma, torch.cat([u, u]), torch.cat([labels, null]))
     (dc, du), (lc, lu) = d.chunk(2), logits.chunk(2)
-    return (1 + w) * dc - w * du, model.masked((1 + w) * lc - w * lu)
+    return (1 + w) * dc - w * du, (1 + w) * lc - w * lu
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample(model: CDMT, n: int, *, generator: torch.Generator, steps: int | None = None,
            guidance: float | None = None, labels: torch.Tensor | None = None, solver: str | None = None,
            batch_size: int = 4096) -> dict[str, torch.Tensor]:
@@ -391,6 +427,7 @@ def sample(model: CDMT, n: int, *, generator: torch.Generator, steps: int | None
     was_training = model.training
     model.eval()
     u_grid = torch.linspace(1.0, 0.0, steps + 1, device=dev)
+    emb = model.embeddings()
     sigmas = [model.expand_sigma(model.timewarp.sigma(u[None])) for u in u_grid]  # each (1, T, P)
     num, cat = [], []
     for start in range(0, n, batch_size):
@@ -399,13 +436,14 @@ def sample(model: CDMT, n: int, *, generator: torch.Generator, steps: int | None
 
         def denoise(x: torch.Tensor, k: int, y: torch.Tensor | None = y) -> torch.Tensor:
             d, logits = guided(model, x, sigmas[k], u_grid[k].expand(len(x)), y, w)
-            return model.pack(d, model.interpolate(logits))
+            return model.pack(d, model.interpolate(logits, emb))
 
         x = edm.randn((m, dims.n_bins, model.width), generator=generator, device=dev) * sigmas[0]
         x = edm.ode_solve(denoise, x, sigmas, heun=solver == "heun")
         d, logits = guided(model, x, sigmas[-1], u_grid[-1].expand(m), y, w)
         num.append(d)
-        cat.append(logits.argmax(-1) if dims.n_cat else torch.zeros(m, dims.n_bins, 0, dtype=torch.long, device=dev))
+        cat.append(model.masked(logits).argmax(-1) if dims.n_cat
+                   else torch.zeros(m, dims.n_bins, 0, dtype=torch.long, device=dev))
     model.train(was_training)
     if not num:
         return {"num": torch.zeros(0, dims.n_bins, dims.n_num, device=dev),

@@ -92,12 +92,16 @@ def ode_solve(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[torch.Tensor |
     n = len(sigmas) - 1
     for k in range(n):
         s_cur, s_next = sigmas[k], sigmas[k + 1]
-        d_cur = (x - denoise(x, k)) / s_cur
-        x_next = x + (s_next - s_cur) * d_cur  # Euler step.
-        if heun and _all_positive(s_next):
-            d_next = (x_next - denoise(x_next, k + 1)) / s_next
-            x_next = x + (s_next - s_cur) * (0.5 * d_cur + 0.5 * d_next)  # Trapezoidal correction.
-        x = x_next
+        d_x = denoise(x, k)
+        if not (heun and _all_positive(s_next)):
+            # Euler step x + (σ' − σ)(x − D)/σ, written as one fused lerp: D + (σ'/σ)(x − D).
+            x = torch.lerp(d_x, x, s_next / s_cur) if isinstance(s_cur, torch.Tensor) else \
+                d_x + (s_next / s_cur) * (x - d_x)
+            continue
+        d_cur = (x - d_x) / s_cur
+        x_next = x + (s_next - s_cur) * d_cur  # Euler predictor.
+        d_next = (x_next - denoise(x_next, k + 1)) / s_next
+        x = x + (s_next - s_cur) * (0.5 * d_cur + 0.5 * d_next)  # Trapezoidal correction.
     return x
 
 
