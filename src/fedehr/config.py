@@ -123,8 +123,8 @@ class TCVAEConfig(_Section):
     cond_dim: int = _f(16, "size of the label embedding emb(y)", min=1)
     time_dim: int = _f(8, "size of the learned per-bin time embedding fed to the non-autoregressive decoder",
                        min=1)
-    sigma: float = _f(0.5, "standard deviation σ_h of the Gaussian likelihood of (standardised) latent codes",
-                      min_exclusive=0.0)
+    min_sigma: float = _f(0.05, "floor on the decoder's per-step standard deviation σ_h of (standardised) latent "
+                          "codes (the decoder learns σ_h; the floor keeps the likelihood bounded)", min_exclusive=0.0)
     beta: float = _f(1.0, "final KL weight β of the ELBO", min=0.0)
     beta_warmup: float = _f(0.2, "fraction of stage-2 epochs over which β rises linearly from 0", min=0.0, max=1.0)
     lambda_static: float = _f(1.0, "weight of the static-feature reconstruction term", min=0.0)

@@ -22,7 +22,6 @@ import pytest
 from toy_workflow import write_cohort, write_site_cohorts
 
 from fedehr.federation.deployment import (
-    ProcessSet,
     executable,
     flower_env,
     make_node_key,
@@ -30,6 +29,7 @@ from fedehr.federation.deployment import (
     superlink_command,
     write_flower_config,
 )
+from fedehr.federation.processes import ProcessSet
 
 pytestmark = pytest.mark.slow
 FEDEHR = str(Path(sys.executable).with_name("fedehr"))

@@ -133,3 +133,14 @@ def test_cli_refuses_bad_input_before_starting_anything(tmp_path):
     with pytest.raises(InputError, match="keeps its configuration"):
         cli.train(cohort=cohort, method="fedavg", out=tmp_path / "run", config=None, overrides=[], device=None,
                   resume=True, site=None, parallel=2, superlink=None)
+
+
+def test_config_presets_resolve_by_name(tmp_path, monkeypatch):
+    from fedehr.cli.train import config_path
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the source checkout's presets are found
+    assert config_path("tiny").name == "tiny.toml" and config_path("tiny").is_file()
+    assert config_path(None) is None
+    assert config_path(tmp_path / "mine.toml") == tmp_path / "mine.toml"  # a path stays a path
+    with pytest.raises(InputError, match="preset"):
+        config_path("no-such-preset")

@@ -74,7 +74,7 @@ def finish(proc: subprocess.Popen, seen: dict, timeout_s: float = 300) -> str:
         out, _ = proc.communicate(timeout=timeout_s)
     finally:
         if proc.poll() is None:
-            from fedehr.federation.deployment import stop_tree
+            from fedehr.federation.processes import stop_tree
 
             stop_tree(proc.pid)
         for p in alive(seen):  # leave nothing behind even when an assertion below fails

@@ -14,6 +14,7 @@ from fedehr.data.fedstats import merge, site_stats
 from fedehr.data.transforms import Normaliser
 from fedehr.errors import InputError
 from fedehr.models.diffusion import cdmt, channels
+from fedehr.models.diffusion.schedule import Timewarp
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +58,7 @@ def _u_grid(n: int = 401) -> torch.Tensor:
     return torch.linspace(0.0, 1.0, n)
 
 
-def _assert_monotone(tw: cdmt.Timewarp, cfg: cdmt.CDMTConfig) -> None:
+def _assert_monotone(tw: Timewarp, cfg: cdmt.CDMTConfig) -> None:
     s = tw.sigma(_u_grid())  # (U, C, T)
     assert bool((s[1:] >= s[:-1]).all()), "σ(u) decreased somewhere"
     assert bool((s[1:] > s[:-1]).float().mean() > 0.95), "σ(u) is mostly flat"
@@ -104,8 +105,7 @@ def test_schedule_cdf_inverts_sigma_and_is_factorised() -> None:
 
 def test_timewarp_loss_fits_a_logistic_loss_curve() -> None:
     """Fitting γF to ℓ(σ) = σ²/(1+σ²) (the Gaussian MMSE curve, logistic in ln σ) recovers μ ≈ 0, v ≈ 2, γ ≈ 1."""
-    cfg = cdmt.CDMTConfig.tiny(schedule="shared")
-    tw = cdmt.Timewarp(1, 1, cfg)
+    tw = Timewarp(1, 1, sigma_min=0.002, sigma_max=80.0, schedule="shared")
     opt = torch.optim.Adam(tw.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(0)
     for _ in range(400):
@@ -121,24 +121,35 @@ def test_timewarp_loss_fits_a_logistic_loss_curve() -> None:
 
 
 def test_score_interpolation_is_a_convex_combination_of_embeddings() -> None:
+    """ê = Σ_k p_k e_k with p a probability vector over each channel's real classes (padded ones get 0)."""
     m = _model()
-    e = m.embeddings()  # (F_c, K_max, d_e)
-    torch.testing.assert_close(e.norm(dim=-1), torch.full(e.shape[:2], m.cfg.embed_dim**0.5))
-    logits = torch.randn(4, DIMS.n_bins, DIMS.n_cat, m.k_max, generator=torch.Generator().manual_seed(0)) * 3
+    e_bin, e_multi = m.embeddings()
+    for e in (e_bin, e_multi):
+        torch.testing.assert_close(e.norm(dim=-1), torch.full(e.shape[:2], m.cfg.embed_dim**0.5))
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(4, DIMS.n_bins, m.n_bin, generator=g) * 3,
+              torch.randn(4, DIMS.n_bins, m.n_multi, m.k_max, generator=g) * 3)
+    p_bin, p_multi = m.probs(logits)
+    torch.testing.assert_close(p_multi, torch.softmax(logits[1].masked_fill(~m.multi_valid, -torch.inf), -1))
+    assert bool((p_multi[..., ~m.multi_valid] == 0).all())
+    # Binary channels: softmax over (0, ℓ) = sigmoid(ℓ); stack both groups into (…, F_c, K_max) weights.
+    w_bin = torch.stack([1 - p_bin, p_bin], dim=-1)
+    weights = torch.cat([torch.nn.functional.pad(w_bin, (0, m.k_max - 2)), p_multi], dim=-2)
+    emb = torch.cat([torch.nn.functional.pad(e_bin, (0, 0, 0, m.k_max - 2)), e_multi], dim=0)
+    valid = torch.cat([torch.arange(m.k_max)[None].expand(m.n_bin, -1) < 2, m.multi_valid], dim=0)
+    assert bool((weights >= 0).all()) and bool((weights[..., ~valid] == 0).all())
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
     ehat = m.interpolate(logits)
-    probs = m.probs(logits)
-    torch.testing.assert_close(probs, torch.softmax(m.masked(logits), dim=-1))
-    assert bool((probs >= 0).all()) and bool((probs[..., ~m.cat_valid.any(0)] == 0).all())
-    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
-    assert bool((probs * ~m.cat_valid).sum() == 0)  # padded classes get no weight
-    torch.testing.assert_close(ehat, torch.einsum("btfk,fkd->btfd", probs, e))
+    torch.testing.assert_close(ehat, torch.einsum("btfk,fkd->btfd", weights, emb))
     assert bool((ehat.norm(dim=-1) <= m.cfg.embed_dim**0.5 + 1e-5).all())
-    lo = torch.where(m.cat_valid[..., None], e, torch.inf).amin(1)  # (F_c, d_e) per-coordinate hull bounds
-    hi = torch.where(m.cat_valid[..., None], e, -torch.inf).amax(1)
+    lo = torch.where(valid[..., None], emb, torch.inf).amin(1)  # per-coordinate hull bounds (F_c, d_e)
+    hi = torch.where(valid[..., None], emb, -torch.inf).amax(1)
     assert bool((ehat >= lo - 1e-6).all()) and bool((ehat <= hi + 1e-6).all())
-    onehot = torch.full_like(logits, -1e4)
-    onehot[..., 1] = 1e4
-    torch.testing.assert_close(m.interpolate(onehot), e[:, 1].expand(4, DIMS.n_bins, -1, -1))
+    sure = (torch.full_like(logits[0], 1e4), torch.full_like(logits[1], -1e4).index_fill(-1, torch.tensor([1]), 1e4))
+    torch.testing.assert_close(m.interpolate(sure), emb[:, 1].expand(4, DIMS.n_bins, -1, -1))
+    x_cat = m.classes(sure)
+    assert bool((x_cat == 1).all())
+    torch.testing.assert_close(m.embed(x_cat), emb[:, 1].expand(4, DIMS.n_bins, -1, -1))
 
 
 def test_objective_shape_and_gradient_separation() -> None:
@@ -148,13 +159,15 @@ def test_objective_shape_and_gradient_separation() -> None:
     assert loss.shape == (6,) and bool(torch.isfinite(loss).all())
     loss.mean().backward()
     assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in m.timewarp.parameters())
-    assert float(m.head_num.weight.grad.abs().sum()) > 0 and float(m.head_cat.weight.grad.abs().sum()) > 0
+    heads = (m.head_num, m.head_bin, m.head_multi)
+    assert all(float(h.weight.grad.abs().sum()) > 0 for h in heads)
     with torch.no_grad():  # past the zero-initialised heads, gradients reach the embeddings and the input layer
-        m.head_num.weight.normal_(generator=torch.Generator().manual_seed(2))
-        m.head_cat.weight.normal_(generator=torch.Generator().manual_seed(2))
+        for h in heads:
+            h.weight.normal_(generator=torch.Generator().manual_seed(2))
     m.zero_grad(set_to_none=True)
     cdmt.objective(m, _batch(), torch.Generator().manual_seed(0)).mean().backward()
-    assert float(m.embed.grad.abs().sum()) > 0 and float(m.in_proj.weight.grad.abs().sum()) > 0
+    assert float(m.embed_bin.grad.abs().sum()) > 0 and float(m.embed_multi.grad.abs().sum()) > 0
+    assert float(m.in_proj.weight.grad.abs().sum()) > 0
     assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in m.timewarp.parameters())
     m.zero_grad(set_to_none=True)
     sigma = m.timewarp.sigma(torch.rand(6, generator=torch.Generator().manual_seed(1))).detach()
@@ -175,12 +188,13 @@ def test_cfg_w0_is_exactly_the_conditional_model() -> None:
     with torch.no_grad():
         d0, l0 = cdmt.guided(m, state, sigma, u, y, 0.0)
         d, logits = m(state, sigma, u, y)
-        assert torch.equal(d0, d) and torch.equal(l0, logits)
+        assert torch.equal(d0, d) and all(torch.equal(a, b) for a, b in zip(l0, logits, strict=True))
         w = 2.0
         dn, ln = m(state, sigma, u, torch.full_like(y, m.null_label))
         dw, lw = cdmt.guided(m, state, sigma, u, y, w)
         torch.testing.assert_close(dw, (1 + w) * d - w * dn)
-        torch.testing.assert_close(lw, (1 + w) * logits - w * ln)
+        for a, c, un in zip(lw, logits, ln, strict=True):
+            torch.testing.assert_close(a, (1 + w) * c - w * un)
 
 
 def test_sampler_evaluations_shapes_and_reproducibility() -> None:
@@ -224,7 +238,8 @@ def test_set_class_prior() -> None:
     h = m.entropy()
     assert h[0].item() == pytest.approx(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)), rel=1e-4)
     assert h[2].item() == pytest.approx(m.cfg.entropy_floor, rel=0.1)  # a constant channel: floored
-    torch.testing.assert_close(m.head_cat.bias[:2], torch.tensor([0.75, 0.25]).log())
+    assert m.head_bin.bias[0].item() == pytest.approx(np.log(0.25 / 0.75), rel=1e-5)
+    torch.testing.assert_close(m.head_multi.bias[:3], torch.tensor([0.25, 0.25, 0.5]).log())
     with pytest.raises(InputError):
         cdmt.set_class_prior(m, [[1, 1]])
     with pytest.raises(InputError):

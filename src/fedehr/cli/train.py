@@ -72,34 +72,37 @@ def _print_result(metrics: dict[str, Any], out: Path) -> None:
     console.print(f"run written to [bold]{out}[/] (model files, metrics.json, config.toml)")
 
 
-def train(
-    cohort: Path = typer.Option(None, "--cohort", "-c", help="cohort directory from `fedehr prepare` "
-                                "(its train split is used; one simulated SuperNode per site)"),
-    method: str = typer.Option(None, "--method", "-m", help="fedehr-gen | fedavg | fedavg-direct | "
-                               "centralized | local (default: the config's method)"),
-    out: Path = typer.Option(..., "--out", "-o", help="run directory (created; must not exist unless --resume)"),
-    config: Path = typer.Option(None, "--config", help="experiment TOML, e.g. configs/tiny.toml"),
-    overrides: list[str] = typer.Option(None, "--set", help="config override section.key=value (repeatable)"),
-    device: str = typer.Option(None, "--device", help="cpu | cuda | auto"),
-    resume: bool = typer.Option(False, "--resume", help="continue an unfinished run from its last completed "
-                                "round (config from RUN/config.toml)"),
-    site: str = typer.Option(None, "--site", help="method local: the site to train on"),
-    parallel: int = typer.Option(2, "--parallel", min=1, help="simulation: sites that train at the same time "
-                                 "(Ray CPUs; one per site)"),
-    superlink: str = typer.Option(None, "--superlink", help="deployment: submit the run to this SuperLink "
-                                  "connection of $FLWR_HOME/config.toml (`flwr run`); --out is then a path on "
-                                  "the SuperLink host"),
-) -> None:
-    """Train a generator: federated methods in Flower's simulation runtime (or on a deployed SuperLink with
-    --superlink), centralized/local in-process. Writes RUN/config.toml first, checkpoints every round."""
+def config_path(config: str | Path | None) -> Path | None:
+    """A config file, or a preset name (``tiny``, ``quickstart``, ...) looked up in ``configs/`` of the current
+    folder, then of the fedehr source checkout."""
+    if config is None:
+        return None
+    path = Path(config)
+    if path.is_file() or path.suffix == ".toml" or len(path.parts) > 1:
+        return path
+    import fedehr
+
+    folders = [Path.cwd() / "configs", Path(fedehr.__file__).resolve().parents[2] / "configs"]
+    for folder in folders:
+        if (folder / f"{config}.toml").is_file():
+            return folder / f"{config}.toml"
+    known = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.toml")})
+    raise InputError("no such configuration file or preset", field="--config", value=str(config),
+                     expected="a TOML file or one of: " + (", ".join(known) or "(no configs/ folder found)"))
+
+
+def run_training(cohort: str | Path | None, *, out: str | Path, method: str | None = None,
+                 config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                 device: str | None = None, resume: bool = False, site: str | None = None, parallel: int = 2,
+                 superlink: str | None = None) -> dict[str, Any] | None:
+    """What `fedehr train` does (also used by `fedehr quickstart`); the metrics.json content."""
     from fedehr.cli.render import console
 
-    out = out.resolve()
-    cfg = _resolve_config(out, config, list(overrides or []), method, device, site, resume,
+    out = Path(out).resolve()
+    cfg = _resolve_config(out, config_path(config), list(overrides), method, device, site, resume,
                           remote=superlink is not None)
     if superlink is not None:
-        _train_deployed(cfg, out, superlink, resume)
-        return
+        return _train_deployed(cfg, out, superlink, resume)
     if cohort is None:
         raise InputError("--cohort is required", field="--cohort", expected="a directory from `fedehr prepare`")
     from fedehr.data.store import is_cohort_dir
@@ -124,9 +127,35 @@ def train(
 
             metrics = train_inprocess(cfg, cohort, out, resume=resume, progress=on_event)
     _print_result(metrics, out)
+    return metrics
 
 
-def _train_deployed(cfg: Any, out: Path, superlink: str, resume: bool) -> None:
+def train(
+    cohort: Path = typer.Option(None, "--cohort", "-c", help="cohort directory from `fedehr prepare` "
+                                "(its train split is used; one simulated SuperNode per site)"),
+    method: str = typer.Option(None, "--method", "-m", help="fedehr-gen | fedavg | fedavg-direct | "
+                               "centralized | local (default: the config's method)"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory (created; must not exist unless --resume)"),
+    config: str = typer.Option(None, "--config", help="experiment TOML, or a preset name: tiny, quickstart, "
+                               "fedehr-gen (configs/)"),
+    overrides: list[str] = typer.Option(None, "--set", help="config override section.key=value (repeatable)"),
+    device: str = typer.Option(None, "--device", help="cpu | cuda | auto"),
+    resume: bool = typer.Option(False, "--resume", help="continue an unfinished run from its last completed "
+                                "round (config from RUN/config.toml)"),
+    site: str = typer.Option(None, "--site", help="method local: the site to train on"),
+    parallel: int = typer.Option(2, "--parallel", min=1, help="simulation: sites that train at the same time "
+                                 "(Ray CPUs; one per site)"),
+    superlink: str = typer.Option(None, "--superlink", help="deployment: submit the run to this SuperLink "
+                                  "connection of $FLWR_HOME/config.toml (`flwr run`); --out is then a path on "
+                                  "the SuperLink host"),
+) -> None:
+    """Train a generator: federated methods in Flower's simulation runtime (or on a deployed SuperLink with
+    --superlink), centralized/local in-process. Writes RUN/config.toml first, checkpoints every round."""
+    run_training(cohort, out=out, method=method, config=config, overrides=list(overrides or []), device=device,
+                 resume=resume, site=site, parallel=parallel, superlink=superlink)
+
+
+def _train_deployed(cfg: Any, out: Path, superlink: str, resume: bool) -> dict[str, Any] | None:
     """Submit the run to a deployed SuperLink with `flwr run` and stream its log."""
     from fedehr.cli.render import console
     from fedehr.errors import FedEHRError
@@ -146,8 +175,12 @@ def _train_deployed(cfg: Any, out: Path, superlink: str, resume: bool) -> None:
         raise FedEHRError(f"run {status.get('run-id')} ended as {status.get('status')}: "
                           f"{status.get('status-details', '')} (state and FAILED marker in {out} on the SuperLink "
                           "host; continue with --resume)")
-    if (out / "metrics.json").is_file():
-        _print_result(json.loads((out / "metrics.json").read_text()), out)
+    if not (out / "metrics.json").is_file():
+        console.print(f"run {status.get('run-id')} completed; its outputs are in {out} on the SuperLink host")
+        return None
+    metrics = json.loads((out / "metrics.json").read_text())
+    _print_result(metrics, out)
+    return metrics
 
 
 # ---- sample ----------------------------------------------------------------------------------------------

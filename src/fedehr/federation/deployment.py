@@ -4,17 +4,15 @@ One SuperLink runs at the coordinating centre (``flower-superlink``, HTTPS on on
 Control and runtime APIs in flwr 1.41); every hospital runs one SuperNode on its own cohort
 (``fedehr site`` builds the ``flower-supernode`` command line); the researcher submits a run with
 ``fedehr train --superlink NAME`` (``flwr run`` of a generated app project whose run config carries the
-experiment). Everything started here is tracked by PID and stopped with its whole process tree.
+experiment). Processes are started and stopped by PID through :mod:`fedehr.federation.processes`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,11 +20,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import psutil
+from typing import Any
 
 from fedehr.errors import FedEHRError, InputError
+from fedehr.federation.processes import run_foreground
 
 APP_NAME = "fedehr-run"
 
@@ -242,115 +239,6 @@ def write_app_project(out_dir: str | Path, run_config: Mapping[str, Any]) -> Pat
     }
     (out / "pyproject.toml").write_text(tomli_w.dumps(project))
     return out
-
-
-# ---- processes -------------------------------------------------------------------------------------------
-def stop_tree(pid: int, grace_s: float = 10.0) -> list[int]:
-    """Terminate ``pid`` and every descendant (collected first), then kill what is left. PIDs stopped."""
-    try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return []
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=grace_s)
-    return [p.pid for p in procs]
-
-
-class ProcessSet:
-    """Background Flower processes started by fedehr (tests, trials); each stopped with its tree by PID."""
-
-    def __init__(self) -> None:
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.logs: dict[str, Path] = {}
-        self._files: list[IO[bytes]] = []
-        self.seen: dict[tuple[int, float], psutil.Process] = {}
-
-    def start(self, name: str, cmd: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
-              cwd: str | Path | None = None) -> subprocess.Popen:
-        fh = open(log, "wb")  # noqa: SIM115  (closed in stop_all)
-        self._files.append(fh)
-        proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=dict(env or os.environ),
-                                cwd=cwd, start_new_session=True)
-        self.procs[name], self.logs[name] = proc, log
-        return proc
-
-    def snapshot(self) -> None:
-        """Remember current descendants too: Flower starts detached helpers (flower-superexec)."""
-        for proc in self.procs.values():
-            with contextlib.suppress(psutil.Error):
-                for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
-                    self.seen[(p.pid, p.create_time())] = p
-
-    def pids(self) -> list[int]:
-        self.snapshot()
-        return sorted(p.pid for p in self.seen.values())
-
-    def stop_all(self, grace_s: float = 10.0) -> list[int]:
-        self.snapshot()
-        stopped: list[int] = []
-        for proc in reversed(list(self.procs.values())):
-            stopped += stop_tree(proc.pid, grace_s)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=grace_s)
-        left = [p for p in self.seen.values() if _alive(p)]
-        for p in left:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(left, timeout=grace_s)
-        for fh in self._files:
-            fh.close()
-        return stopped
-
-    def survivors(self) -> list[int]:
-        return [p.pid for p in self.seen.values() if _alive(p)]
-
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def run_foreground(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
-    """Run ``cmd`` attached to this terminal; SIGINT / SIGTERM are forwarded; its tree is stopped after."""
-    proc = subprocess.Popen(list(cmd), env=dict(env or os.environ), start_new_session=True)
-    seen: dict[tuple[int, float], psutil.Process] = {}
-
-    def forward(signum: int, frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while True:
-            with contextlib.suppress(psutil.Error):
-                for p in psutil.Process(proc.pid).children(recursive=True):
-                    seen[(p.pid, p.create_time())] = p
-            try:
-                return proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                continue
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if proc.poll() is None:
-            stop_tree(proc.pid)
-        left = [p for p in seen.values() if _alive(p)]
-        for p in left:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, still = psutil.wait_procs(left, timeout=10)
-        for p in still:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
 
 
 def _flwr_json(args: Sequence[str], env: Mapping[str, str]) -> dict[str, Any]:

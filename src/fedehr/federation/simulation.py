@@ -26,12 +26,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from fedehr.algorithms.protocol import Workflow
 from fedehr.errors import FedEHRError
 from fedehr.federation.client_app import Handler, make_client_app, train_sites
 from fedehr.federation.driver import DriveSettings, Progress
+from fedehr.federation.processes import ProcessTracker
 from fedehr.federation.server_app import make_server_app
 
 SIMULATION_WAIT_S = 300.0  # virtual SuperNodes register within seconds; Ray start-up dominates
@@ -55,7 +54,7 @@ def simulate(workflow: Workflow, cohort_dir: str | Path, settings: DriveSettings
     cohort_dir = Path(cohort_dir).resolve()
     sites = train_sites(cohort_dir)
     stop, result = threading.Event(), {}
-    tracker = _ProcessTracker()
+    tracker = ProcessTracker()
 
     def track(event: str, info: dict[str, Any]) -> None:
         tracker.snapshot()
@@ -87,39 +86,6 @@ def simulate(workflow: Workflow, cohort_dir: str | Path, settings: DriveSettings
 
 
 # ---- process hygiene -------------------------------------------------------------------------------------
-class _ProcessTracker:
-    """Remembers every descendant process seen, so orphans can be stopped by PID after the run."""
-
-    def __init__(self) -> None:
-        self.me = psutil.Process()
-        self.seen: dict[tuple[int, float], psutil.Process] = {}
-
-    def snapshot(self) -> None:
-        with contextlib.suppress(psutil.Error):
-            for p in self.me.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    self.seen[(p.pid, p.create_time())] = p
-
-    def terminate_survivors(self, grace_s: float = 5.0) -> list[int]:
-        alive = [p for p in self.seen.values() if _running(p)]
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, still = psutil.wait_procs(alive, timeout=grace_s)
-        for p in still:  # Ray's agents ignore SIGTERM once their raylet is gone
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(still, timeout=grace_s)
-        return [p.pid for p in alive]
-
-
-def _running(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def _init_ray(init_args: dict[str, Any]) -> None:
     """Start Ray here, as Flower's RayBackend would (it skips its own ray.init when Ray is up), so that the
     signal handlers installed afterwards are ours and not Ray's ``sys.exit`` on SIGTERM."""

@@ -1,8 +1,8 @@
 """Stage 1: per-hour MLP autoencoder (network + objective; no loop, no I/O).
 
 Encoder E_φ: x_t ∈ R^D → h_t ∈ R^d through ReLU hidden layers D → h1 → h2 → d (linear bottleneck).
-Decoder G_ψ: d → h2 → h1 (ReLU) → heads (numeric means, binary / categorical / mask logits; layout in
-fedehr.models.encoding). Loss L_AE = λ_num L_num + λ_bin L_bin + λ_cat L_cat + λ_mask L_mask per stay,
+Decoder G_ψ: d → h2 → h1 (ReLU) → heads (numeric means and log-variances, binary / categorical / mask
+logits; layout in fedehr.models.encoding). Loss L_AE = λ_num L_num + λ_bin L_bin + λ_cat L_cat + λ_mask L_mask per stay,
 averaged over the T·F cells so its scale does not depend on the grid size.
 
 Every layer is a plain nn.Linear named ``enc.i`` / ``dec.i`` / ``head`` so layer-wise matching
@@ -59,7 +59,7 @@ class Autoencoder(nn.Module):
 
 
 def build_autoencoder(cfg: AEConfig, layout: Layout) -> Autoencoder:
-    return Autoencoder(layout.x_dim, layout.x_dim, cfg.hidden, cfg.latent)
+    return Autoencoder(layout.x_dim, layout.out_dim, cfg.hidden, cfg.latent)
 
 
 def objective(cfg: AEConfig, layout: Layout) -> Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]:

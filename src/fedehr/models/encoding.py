@@ -6,7 +6,8 @@ Per hour (F temporal features, F = F_num + F_bin + F_cat, C_j categories of cate
 
 z_num are normalised numeric values (fedehr.data.transforms.Normaliser, NaN → 0), v_bin binary values
 (NaN → 0), m_t the observation mask, ordered numeric, binary, categorical so every block is contiguous.
-Decoder heads use the same layout: numeric means, binary logits, categorical logits, mask logits.
+Decoder heads use the same layout plus one block: numeric means μ, binary logits, categorical logits, mask
+logits, then numeric log-variances log σ² (heteroscedastic Gaussian), width D_out = D + F_num.
 The static vector s (S features) has the same four blocks, its last block marking *observed* static values.
 Labels y (L) are coded as [y with NaN → 0 | known (L)] so stays with an unknown outcome can still train.
 
@@ -53,7 +54,13 @@ class Blocks:
 
     @property
     def width(self) -> int:
+        """Width of the encoded vector (x_t or s)."""
         return len(self.num) + len(self.bin) + sum(self.cat_sizes) + self.n
+
+    @property
+    def out_width(self) -> int:
+        """Width of the decoder heads: the encoded layout plus one log-variance per numeric feature."""
+        return self.width + len(self.num)
 
     # Slices of the four blocks.
     @property
@@ -73,6 +80,10 @@ class Blocks:
     def s_mask(self) -> slice:
         return slice(self.width - self.n, self.width)
 
+    @property
+    def s_logvar(self) -> slice:
+        return slice(self.width, self.out_width)
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -88,6 +99,10 @@ class Layout:
     @property
     def x_dim(self) -> int:
         return self.temporal.width
+
+    @property
+    def out_dim(self) -> int:
+        return self.temporal.out_width
 
     @property
     def s_dim(self) -> int:
@@ -134,21 +149,32 @@ def encode_cohort(cohort: Cohort, normaliser: Normaliser) -> tuple[np.ndarray, n
 
 
 # ---- reconstruction likelihood (torch) ---------------------------------------------------------------------
+LOGVAR_MIN, LOGVAR_MAX = -7.0, 3.0  # σ between 0.03 and 4.5 normalised units
+
+
+def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Elementwise ½[(x − μ)² / σ² + log σ²] (the constant ½ log 2π dropped), log σ² clamped."""
+    lv = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+    return 0.5 * ((target - mean) ** 2 * torch.exp(-lv) + lv)
+
+
 def heads_loss(out: torch.Tensor, target: torch.Tensor, b: Blocks, *, lambda_num: float = 1.0,
                lambda_bin: float = 1.0, lambda_cat: float = 1.0, lambda_mask: float = 1.0
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-example negative log-likelihood of ``target`` under head outputs ``out`` (both (B, ..., width)).
+    """Per-example negative log-likelihood of ``target`` (B, ..., width) under head outputs ``out``
+    (B, ..., out_width).
 
-    Sums over all non-batch elements: masked squared error of numeric values, masked BCE of binary values,
-    masked CE of categorical values, BCE of the mask. Returns ((B,) total, {part: (B,)}).
+    Sums over all non-batch elements: masked Gaussian NLL of numeric values (learned per-cell variance),
+    masked BCE of binary values, masked CE of categorical values, BCE of the mask. Returns ((B,) total,
+    {part: (B,)}).
     """
     m = target[..., b.s_mask]  # (B, ..., n) observed
     n_num, n_bin = len(b.num), len(b.bin)
     dims = tuple(range(1, out.dim()))
     parts: dict[str, torch.Tensor] = {}
     if n_num:
-        err = (out[..., b.s_num] - target[..., b.s_num]) ** 2
-        parts["num"] = (err * m[..., :n_num]).sum(dims)
+        nll = gaussian_nll(out[..., b.s_num], out[..., b.s_logvar], target[..., b.s_num])
+        parts["num"] = (nll * m[..., :n_num]).sum(dims)
     if n_bin:
         bce = F_.binary_cross_entropy_with_logits(out[..., b.s_bin], target[..., b.s_bin], reduction="none")
         parts["bin"] = (bce * m[..., n_num:n_num + n_bin]).sum(dims)
@@ -174,9 +200,14 @@ def _draw(p: torch.Tensor, mode: str, generator: torch.Generator | None) -> torc
 
 
 def sample_heads(out: torch.Tensor, b: Blocks, *, generator: torch.Generator | None, mask_mode: str = "bernoulli",
-                 binary_mode: str = "bernoulli") -> dict[str, torch.Tensor]:
-    """Draw from head outputs (..., width): num (normalised), bin (0/1), cat (codes), observed (bool, mask order)."""
-    draws = {"num": out[..., b.s_num], "bin": _draw(torch.sigmoid(out[..., b.s_bin]), binary_mode, generator)}
+                 binary_mode: str = "bernoulli", numeric_mode: str = "sample") -> dict[str, torch.Tensor]:
+    """Draw from head outputs (..., out_width): num (normalised), bin (0/1), cat (codes), observed (bool, mask
+    order). numeric_mode 'sample' draws μ + σ ε, 'mean' returns μ."""
+    num = out[..., b.s_num]
+    if numeric_mode == "sample" and b.num:
+        sd = torch.exp(0.5 * out[..., b.s_logvar].clamp(LOGVAR_MIN, LOGVAR_MAX))
+        num = num + sd * torch.randn(num.shape, generator=generator, device=out.device, dtype=out.dtype)
+    draws = {"num": num, "bin": _draw(torch.sigmoid(out[..., b.s_bin]), binary_mode, generator)}
     codes = []
     a = b.s_cat.start
     for c in b.cat_sizes:

@@ -7,8 +7,9 @@ Sequence-level latent u ∈ R^U, conditioned on the outcome code y (N, 2L) and s
     p_θ(h_{1:T} | u, y, s)                       non-autoregressive: GRU over [u; e_y; s; τ_t], h₀ = tanh(W[u; e_y; s])
     p(u) = N(0, I),  e_y = W_y y,  τ_t learned per-bin time embedding
 
-Negative ELBO per stay (β annealed by the caller through batch["beta"]):
-    L = Σ_t ||h_t − ĥ_t||² / (2σ_h²) + λ_s NLL(s | ŝ) + β KL(q(u|·) || N(0, I))       (latent mode)
+The sequence decoder outputs a diagonal Gaussian per step, p(h_t | u, y, s) = N(ĥ_t, diag σ_t²) with learned
+σ_t ≥ σ_min. Negative ELBO per stay (β annealed by the caller through batch["beta"]):
+    L = Σ_t Σ_j ½[(h_tj − ĥ_tj)² / σ_tj² + log σ_tj²] + λ_s NLL(s | ŝ) + β KL(q(u|·) || N(0, I))   (latent mode)
 In "direct" mode (the fedavg-direct baseline, no autoencoder) h_t is the data-space x_t and the first term is
 the mixed-type head likelihood of fedehr.models.encoding.heads_loss. Sampling feeds all T steps at once, so
 it costs one GRU pass per batch (no per-step Python loop).
@@ -16,6 +17,7 @@ it costs one GRU pass per batch (no per-step Python loop).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -28,14 +30,15 @@ Objective = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class TCVAE(nn.Module):
-    def __init__(self, x_dim: int, out_dim: int, s_dim: int, y_dim: int, n_bins: int, cfg: TCVAEConfig) -> None:
+    def __init__(self, x_dim: int, out_dim: int, s_dim: int, s_out: int, y_dim: int, n_bins: int,
+                 cfg: TCVAEConfig) -> None:
         super().__init__()
         e, h, u = cfg.cond_dim, cfg.hidden, cfg.latent
-        self.latent, self.layers, self.hidden, self.s_dim = u, cfg.layers, h, s_dim
+        self.latent, self.layers, self.hidden, self.s_dim, self.s_out = u, cfg.layers, h, s_dim, s_out
         self.emb_y = nn.Linear(y_dim, e)
         self.enc_rnn = nn.GRU(x_dim + e + s_dim, h, cfg.layers, batch_first=True, bidirectional=True)
         self.enc_out = nn.Linear(2 * h, 2 * u)
-        self.static_dec = nn.Sequential(nn.Linear(u + e, h), nn.ReLU(), nn.Linear(h, max(s_dim, 1)))
+        self.static_dec = nn.Sequential(nn.Linear(u + e, h), nn.ReLU(), nn.Linear(h, max(s_out, 1)))
         self.time = nn.Parameter(torch.zeros(n_bins, cfg.time_dim))
         self.dec_init = nn.Linear(u + e + s_dim, cfg.layers * h)
         self.dec_rnn = nn.GRU(u + e + s_dim + cfg.time_dim, h, cfg.layers, batch_first=True)
@@ -50,8 +53,8 @@ class TCVAE(nn.Module):
         return mu, logvar.clamp(-12.0, 8.0)
 
     def decode_static(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(B, U), (B, Y) → static head outputs (B, S_enc)."""
-        return self.static_dec(torch.cat([u, self.emb_y(y)], -1))[:, : self.s_dim]
+        """(B, U), (B, Y) → static head outputs (B, S_out)."""
+        return self.static_dec(torch.cat([u, self.emb_y(y)], -1))[:, : self.s_out]
 
     def decode(self, u: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """(B, U), (B, Y), (B, S) → per-step outputs (B, T, out_dim)."""
@@ -64,9 +67,24 @@ class TCVAE(nn.Module):
         return self.dec_out(o)
 
 
-def build_tcvae(cfg: TCVAEConfig, layout: Layout, *, x_dim: int) -> TCVAE:
-    """x_dim = d (latent mode) or layout.x_dim (direct mode); outputs have the same width as inputs."""
-    return TCVAE(x_dim, x_dim, layout.s_dim, layout.y_dim, layout.n_bins, cfg)
+def build_tcvae(cfg: TCVAEConfig, layout: Layout, *, mode: str, latent_dim: int = 0) -> TCVAE:
+    """mode 'latent': sequences of d = latent_dim codes, outputs (ĥ, log σ²) of width 2d; mode 'direct':
+    data-space x_t of width layout.x_dim, outputs the mixed-type heads (layout.out_dim)."""
+    if mode == "latent":
+        if latent_dim < 1:
+            raise ValueError("latent mode needs latent_dim >= 1")
+        x_dim, out_dim = latent_dim, 2 * latent_dim
+    elif mode == "direct":
+        x_dim, out_dim = layout.x_dim, layout.out_dim
+    else:
+        raise ValueError(f"unknown TCVAE mode {mode!r}")
+    return TCVAE(x_dim, out_dim, layout.s_dim, layout.static.out_width, layout.y_dim, layout.n_bins, cfg)
+
+
+def latent_gaussian(out: torch.Tensor, min_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split latent-mode outputs (..., 2d) into mean ĥ and log σ² (floored at log σ_min²)."""
+    mean, logvar = out.chunk(2, -1)
+    return mean, logvar.clamp(2.0 * math.log(min_sigma), 6.0)
 
 
 def objective(cfg: TCVAEConfig, layout: Layout, *, mode: str, ae: AEConfig | None = None) -> Objective:
@@ -82,7 +100,8 @@ def objective(cfg: TCVAEConfig, layout: Layout, *, mode: str, ae: AEConfig | Non
         u = mu + torch.exp(0.5 * logvar) * eps                        # reparameterisation, (B, U)
         out = model.decode(u, y, s)                                   # teacher-forced static s
         if mode == "latent":
-            rec = ((out - x) ** 2).sum((1, 2)) / (2.0 * cfg.sigma**2)
+            mean, logvar = latent_gaussian(out, cfg.min_sigma)
+            rec = (0.5 * ((x - mean) ** 2 * torch.exp(-logvar) + logvar)).sum((1, 2))
         else:
             rec, _ = heads_loss(out, x, layout.temporal, lambda_num=ae.lambda_num, lambda_bin=ae.lambda_bin,
                                 lambda_cat=ae.lambda_cat, lambda_mask=ae.lambda_mask)
@@ -116,7 +135,7 @@ def posterior_moments(model: TCVAE, batches) -> tuple[torch.Tensor, torch.Tensor
 
 @torch.no_grad()
 def sample(model: TCVAE, layout: Layout, y: torch.Tensor, *, generator: torch.Generator | None,
-           mask_mode: str = "bernoulli", binary_mode: str = "bernoulli",
+           mask_mode: str = "bernoulli", binary_mode: str = "bernoulli", numeric_mode: str = "sample",
            static_hook: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Ancestral sample for label codes y (B, Y): u ~ N(0, I), s ~ p(s|u,y), outputs of p(h|u,y,s).
@@ -127,7 +146,7 @@ def sample(model: TCVAE, layout: Layout, y: torch.Tensor, *, generator: torch.Ge
     u = torch.randn((y.shape[0], model.latent), generator=generator, device=y.device)
     if model.s_dim:
         draws = sample_heads(model.decode_static(u, y), layout.static, generator=generator, mask_mode=mask_mode,
-                             binary_mode=binary_mode)
+                             binary_mode=binary_mode, numeric_mode=numeric_mode)
         if static_hook is not None:
             draws = static_hook(draws)
         s = draws_to_encoding(draws, layout.static)

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from fedehr.config import _f, _Section
 from fedehr.errors import InputError
 from fedehr.models.diffusion import edm
 
@@ -40,51 +42,41 @@ Mode = Literal["codes", "series"]
 
 
 @dataclass(frozen=True)
-class EHRDiffConfig:
+class EHRDiffConfig(_Section):
     """EHRDiff hyper-parameters; defaults are the public MIMIC-III (``codes``) configuration."""
 
-    mode: Mode = "codes"
-    unit_dims: tuple[int, ...] = (1024, 384, 384, 384, 1024)  # hidden widths of the Block stack
-    time_dim: int = 384                  # width of t_emb (and of the class embedding MLP)
-    time_embedding: Literal["sinusoidal", "fourier"] = "sinusoidal"
-    sinusoidal_dim: int = 0              # 0: Z, as in the public code
-    fourier_features: int = 16           # random frequencies w (embedding width 2·16 + 1 = 33)
-    class_dim: int = 128                 # class embedding width before its MLP
-    sigma_data: float = 0.14
-    sigma_min: float = 0.02
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    p_mean: float = edm.P_MEAN
-    p_std: float = edm.P_STD
-    label_dropout: float = 0.1
-    steps: int = 32
-    guidance: float = 0.0                # CFG weight w (0: the conditional model)
-    ema_decay: float = 0.999
+    _prefix: typing.ClassVar[str] = "ehrdiff."
+    mode: Literal["codes", "series"] = _f("codes", "data mode: binary code matrix (output rint(clip)) or "
+                                          "flattened series (output clip)")
+    unit_dims: tuple[int, ...] = _f((1024, 384, 384, 384, 1024), "hidden widths of the Block stack", min=1)
+    time_dim: int = _f(384, "width of the time embedding t_emb (and of the class-embedding MLP)", min=1)
+    time_embedding: Literal["sinusoidal", "fourier"] = _f("sinusoidal", "noise-level embedding of c_noise")
+    sinusoidal_dim: int = _f(0, "sinusoidal embedding width; 0 = Z, as in the public code", min=0)
+    fourier_features: int = _f(16, "random Fourier frequencies w ~ N(0, 1) (embedding width 2·K + 1)", min=1)
+    class_dim: int = _f(128, "class-embedding width before its MLP", min=1)
+    sigma_data: float = _f(0.14, "σ_d of the EDM preconditioning", min_exclusive=0.0)
+    sigma_min: float = _f(0.02, "smallest sampling noise level", min_exclusive=0.0)
+    sigma_max: float = _f(80.0, "largest sampling noise level", min_exclusive=0.0)
+    rho: float = _f(7.0, "ρ of the EDM time discretisation", min_exclusive=0.0)
+    p_mean: float = _f(edm.P_MEAN, "mean of ln σ during training")
+    p_std: float = _f(edm.P_STD, "standard deviation of ln σ during training", min_exclusive=0.0)
+    label_dropout: float = _f(0.1, "probability of replacing the label by the null token in training",
+                              min=0.0, max=0.999)
+    steps: int = _f(32, "Heun sampling steps (NFE 2·steps − 1)", min=1)
+    guidance: float = _f(0.0, "classifier-free guidance weight w (0: the conditional model)", min=0.0)
+    ema_decay: float = _f(0.999, "EMA decay of the weights used for sampling", min=0.0, max=0.999999)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "unit_dims", tuple(self.unit_dims))
-        checks = {
-            "mode": (self.mode in ("codes", "series"), "codes | series"),
-            "time_embedding": (self.time_embedding in ("sinusoidal", "fourier"), "sinusoidal | fourier"),
-            "unit_dims": (len(self.unit_dims) >= 1 and all(int(u) >= 1 for u in self.unit_dims),
-                          "one or more widths >= 1"),
-            "time_dim": (self.time_dim >= 1, ">= 1"),
-            "sinusoidal_dim": (self.sinusoidal_dim == 0 or self.sinusoidal_dim >= 4, "0 (= Z) or >= 4"),
-            "fourier_features": (self.fourier_features >= 1, ">= 1"),
-            "class_dim": (self.class_dim >= 1, ">= 1"),
-            "sigma_data": (self.sigma_data > 0, "> 0"),
-            "sigma_min": (0 < self.sigma_min < self.sigma_max, "0 < sigma_min < sigma_max"),
-            "rho": (self.rho > 0, "> 0"),
-            "p_std": (self.p_std > 0, "> 0"),
-            "label_dropout": (0 <= self.label_dropout < 1, "in [0, 1)"),
-            "steps": (self.steps >= 1, ">= 1"),
-            "guidance": (self.guidance >= 0, ">= 0"),
-            "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
-        }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise InputError("invalid EHRDiff setting", field=f"ehrdiff.{name}", value=getattr(self, name),
-                                 expected=expected)
+        super().__post_init__()
+        if not self.unit_dims:
+            raise InputError("invalid EHRDiff setting", field="ehrdiff.unit_dims", value=self.unit_dims,
+                             expected="one or more widths >= 1")
+        if 0 < self.sinusoidal_dim < 4:
+            raise InputError("invalid EHRDiff setting", field="ehrdiff.sinusoidal_dim", value=self.sinusoidal_dim,
+                             expected="0 (= Z) or >= 4")
+        if not self.sigma_min < self.sigma_max:
+            raise InputError("invalid EHRDiff setting", field="ehrdiff.sigma_min", value=self.sigma_min,
+                             expected=f"< sigma_max = {self.sigma_max}")
 
     @classmethod
     def preset(cls, mode: Mode, **overrides: Any) -> EHRDiffConfig:
@@ -100,10 +92,6 @@ class EHRDiffConfig:
         base = dict(unit_dims=(16, 16), time_dim=8, sinusoidal_dim=8, fourier_features=4, class_dim=4, steps=4)
         return cls.preset(mode, **{**base, **overrides})
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["unit_dims"] = list(self.unit_dims)
-        return d
 
 
 @dataclass(frozen=True)

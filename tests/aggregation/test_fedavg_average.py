@@ -1,0 +1,28 @@
+"""FedAvg weighted averaging on hand-computable arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedehr.aggregation.fedavg import normalise_weights, weighted_average
+from fedehr.errors import FedEHRError
+
+
+def test_weighted_average_by_hand():
+    a = {"w": np.array([[0.0, 2.0]], dtype=np.float32), "b": np.array([1.0], dtype=np.float32)}
+    b = {"w": np.array([[4.0, 6.0]], dtype=np.float32), "b": np.array([5.0], dtype=np.float32)}
+    out = weighted_average([a, b], [1, 3])  # α = (0.25, 0.75)
+    np.testing.assert_allclose(out["w"], [[3.0, 5.0]])
+    np.testing.assert_allclose(out["b"], [4.0])
+    assert out["w"].dtype == np.float32
+
+
+def test_bad_inputs_raise():
+    a = {"w": np.zeros(2)}
+    with pytest.raises(FedEHRError, match="shapes"):
+        weighted_average([a, {"w": np.zeros(3)}], [1, 1])
+    with pytest.raises(FedEHRError, match="weights"):
+        normalise_weights([0, 0])
+    with pytest.raises(FedEHRError, match="2 states but 1 weights"):
+        weighted_average([a, a], [1])
