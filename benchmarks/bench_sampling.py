@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET = 20_000.0
 
 
-def build(config: Path, device: str):  # noqa: ANN201
+def build(config: Path, device: str):
     from fedehr.algorithms.generate import build_generator
     from fedehr.algorithms.site import count_histogram, label_patterns
     from fedehr.config import load_config
@@ -40,7 +40,7 @@ def build(config: Path, device: str):  # noqa: ANN201
     from fedehr.models import init_parameters
     from fedehr.models.autoencoder import build_autoencoder
     from fedehr.models.encoding import Layout
-    from fedehr.models.tcvae import build_tcvae
+    from fedehr.models.tcvae import build_for
     from fedehr.training.checkpoint import state_to_numpy
 
     cfg = load_config(config, [f"device={device}"])
@@ -62,7 +62,7 @@ def build(config: Path, device: str):  # noqa: ANN201
     lay = Layout.of(schema)
     g = torch.Generator().manual_seed(0)
     ae = state_to_numpy(init_parameters(build_autoencoder(cfg.ae, lay), g))
-    tc = state_to_numpy(init_parameters(build_tcvae(cfg.tcvae, lay, x_dim=cfg.ae.latent), g))
+    tc = state_to_numpy(init_parameters(build_for(cfg, lay), g))
     sampling = {"label_probs": (pats / pats.sum()).tolist(), "count_pmf": (hist / hist.sum(1, keepdims=True)).tolist(),
                 "latent_mean": [0.0] * cfg.ae.latent, "latent_std": [1.0] * cfg.ae.latent}
     return build_generator(cfg, schema, norm, {"ae": ae, "tcvae": tc}, sampling), schema

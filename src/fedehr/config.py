@@ -123,8 +123,9 @@ class TCVAEConfig(_Section):
     cond_dim: int = _f(16, "size of the label embedding emb(y)", min=1)
     time_dim: int = _f(8, "size of the learned per-bin time embedding fed to the non-autoregressive decoder",
                        min=1)
-    min_sigma: float = _f(0.05, "floor on the decoder's per-step standard deviation σ_h of (standardised) latent "
-                          "codes (the decoder learns σ_h; the floor keeps the likelihood bounded)", min_exclusive=0.0)
+    sigma: float = _f(0.5, "fixed likelihood scale σ_h of the decoder mean for (standardised) latent codes; sets the "
+                      "reconstruction / KL trade-off", min_exclusive=0.0)
+    min_sigma: float = _f(0.05, "floor on the learned per-step sampling noise σ̂ of latent codes", min_exclusive=0.0)
     beta: float = _f(1.0, "final KL weight β of the ELBO", min=0.0)
     beta_warmup: float = _f(0.2, "fraction of stage-2 epochs over which β rises linearly from 0", min=0.0, max=1.0)
     lambda_static: float = _f(1.0, "weight of the static-feature reconstruction term", min=0.0)
@@ -189,7 +190,10 @@ class SamplingConfig(_Section):
 
     _prefix: typing.ClassVar[str] = "sampling."
     mask: Literal["bernoulli", "threshold"] = _f("bernoulli", "observation mask: Bernoulli draw or p > 0.5")
-    binary: Literal["bernoulli", "threshold"] = _f("bernoulli", "binary values: Bernoulli draw or p > 0.5")
+    binary: Literal["bernoulli", "threshold"] = _f("bernoulli", "binary and categorical values: draw from the "
+                                                   "predicted distribution, or take the most likely value")
+    numeric: Literal["sample", "mean"] = _f("sample", "numeric values and latent codes: draw from the predicted "
+                                            "Gaussian, or take its mean (smoother, less variable)")
     batch_size: int = _f(8192, "stays decoded per batch", min=1)
     max_count: int = _f(32, "largest per-bin measurement count tracked by the count distribution", min=1,
                         max=65535)

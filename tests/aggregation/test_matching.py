@@ -74,8 +74,8 @@ def test_matching_is_invariant_to_hidden_unit_permutations_fedavg_is_not(setup):
     lay, x = setup
     names = build_autoencoder(CFG, lay).layer_names()
     init = state_to_numpy(init_parameters(build_autoencoder(CFG, lay), torch.Generator().manual_seed(0)))
-    a = _train(lay, init, x[:40], seed=1)
-    b = _train(lay, init, x[40:], seed=2)
+    a = _train(lay, init, x[:40], seed=1, epochs=12)
+    b = _train(lay, init, x[40:], seed=2, epochs=12)
     b_perm = _permute_all(b, names, np.random.default_rng(7))
     with torch.no_grad():  # the permuted site computes the same function
         torch.testing.assert_close(_model(lay, b)(x), _model(lay, b_perm)(x), atol=1e-5, rtol=1e-5)
@@ -91,7 +91,7 @@ def test_matching_is_invariant_to_hidden_unit_permutations_fedavg_is_not(setup):
         gap = float((_model(lay, avg)(x) - _model(lay, avg_p)(x)).abs().mean())
     loss_avg, loss_avg_p = _loss(lay, avg, x), _loss(lay, avg_p, x)
     assert gap > 0.05  # FedAvg of the permuted site computes something else ...
-    assert loss_avg_p > 1.1 * loss_avg  # ... and reconstructs worse
+    assert loss_avg_p > loss_avg + 0.15  # ... and reconstructs worse (measured ≈ 0.25-0.39 per cell)
     assert _loss(lay, matched_p, x) == pytest.approx(_loss(lay, matched, x), rel=1e-5)
 
 

@@ -36,7 +36,7 @@ def test_shapes_and_layer_names(tiny_schema):
     lay, x = _data(tiny_schema)
     ae = build_autoencoder(AEConfig(hidden=(12, 6), latent=3), lay)
     assert ae.encode(x).shape == (40, 6, 3)
-    assert ae(x).shape == x.shape
+    assert ae(x).shape == (40, 6, x.shape[-1] + 4)  # heads + a log-variance per numeric feature
     assert ae.layer_names() == ["enc.0", "enc.1", "enc.2", "dec.0", "dec.1", "head"]
 
 

@@ -39,7 +39,7 @@ def test_elbo_decreases(tiny_schema, mode):
     if mode == "latent":
         data["x"] = torch.randn(32, 6, 3, generator=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(0)
-    model = init_parameters(build_tcvae(CFG, lay, x_dim=data["x"].shape[-1]), g)
+    model = init_parameters(build_tcvae(CFG, lay, mode=mode, latent_dim=3), g)
     loss, parts = objective(CFG, lay, mode=mode)(model, {**data, "beta": 1.0}, g)
     assert loss.shape == (32,) and all(v.shape == (32,) for v in parts.values())
     stats = train_local(model, objective(CFG, lay, mode=mode), shuffled_batches(data, 8, generator=g),
@@ -50,12 +50,12 @@ def test_elbo_decreases(tiny_schema, mode):
 def test_posterior_moments_and_sampling(tiny_schema):
     lay, data = _data(tiny_schema)
     g = torch.Generator().manual_seed(0)
-    model = init_parameters(build_tcvae(CFG, lay, x_dim=lay.x_dim), g)
+    model = init_parameters(build_tcvae(CFG, lay, mode="direct"), g)
     m, v, n = posterior_moments(model, ordered_batches(data, 10))
     assert m.shape == (4,) and v.shape == (4,) and n == 32 and bool((v > 0).all())
     y = torch.tensor([[1.0, 1.0]] * 7)
     out, draws = sample(model, lay, y, generator=g)
-    assert out.shape == (7, tiny_schema.n_bins, lay.x_dim)
+    assert out.shape == (7, tiny_schema.n_bins, lay.out_dim)
     assert draws["observed"].shape == (7, 2) and draws["num"].shape == (7, 1)
 
     def hook(d):

@@ -42,7 +42,7 @@ from fedehr.errors import FedEHRError
 from fedehr.models import init_parameters
 from fedehr.models.autoencoder import build_autoencoder
 from fedehr.models.encoding import Layout
-from fedehr.models.tcvae import build_tcvae
+from fedehr.models.tcvae import build_for
 from fedehr.training.checkpoint import save_bundle, state_to_numpy
 
 Arrays = dict[str, np.ndarray]
@@ -269,8 +269,7 @@ class GenWorkflow:
         lay = self._layout()
         if self.tcvae is None:
             g = torch.Generator().manual_seed(self.cfg.seed * 7919 + 2)
-            x_dim = self.cfg.ae.latent if self.cfg.two_stage else lay.x_dim
-            self.tcvae = state_to_numpy(init_parameters(build_tcvae(self.cfg.tcvae, lay, x_dim=x_dim), g))
+            self.tcvae = state_to_numpy(init_parameters(build_for(self.cfg, lay), g))
         arrays = _prefixed(self.tcvae, "tcvae/")
         if self.cfg.two_stage:
             arrays.update(self._encoder_arrays())

@@ -4,9 +4,10 @@ One draw (vectorised over a batch of stays):
   1. labels y ~ the federated label distribution (joint label patterns counted at the sites), or fixed by
      ``condition`` / redrawn with a requested ``prevalence`` (other labels then follow the conditional);
   2. u ~ N(0, I); static ŝ ~ p(s | u, y) (``condition`` may fix static features, see ``_static_hook``);
-  3. the TCVAE decoder gives the latent sequence ĥ_{1:T} (un-standardised with the federated latent moments)
-     and the frozen global AE decoder maps it to head outputs (fedavg-direct: the TCVAE outputs the heads);
-  4. mask ~ Bernoulli(sigmoid(mask logits)), binary ~ Bernoulli, categorical ~ softmax, numeric = mean;
+  3. the TCVAE decoder gives the latent sequence h_t ~ N(ĥ_t, σ_t²) (un-standardised with the federated latent
+     moments) and the frozen global AE decoder maps it to head outputs (fedavg-direct: the TCVAE outputs the
+     heads);
+  4. mask ~ Bernoulli(sigmoid(mask logits)), binary ~ Bernoulli, categorical ~ softmax, numeric ~ N(μ, σ²);
      normalisation inverted, values clipped to each feature's valid range, NaN where not observed;
   5. counts = mask × a count drawn from the federated per-feature distribution of measurements per bin.
 Conditioning on a static feature sets it before the sequence is decoded (an intervention on s in
@@ -29,7 +30,7 @@ from fedehr.data.transforms import Normaliser
 from fedehr.errors import InputError
 from fedehr.models.autoencoder import Autoencoder, build_autoencoder
 from fedehr.models.encoding import Layout, sample_heads, to_arrays
-from fedehr.models.tcvae import TCVAE, build_tcvae
+from fedehr.models.tcvae import TCVAE, build_for, latent_gaussian
 from fedehr.models.tcvae import sample as tcvae_sample
 from fedehr.training.checkpoint import load_bundle, load_numpy_state
 
@@ -187,12 +188,16 @@ class SyntheticGenerator:
         sc = self.cfg.sampling
         lay = self.layout
         out, static_draws = tcvae_sample(self.tcvae, lay, y, generator=gen, mask_mode=sc.mask,
-                                         binary_mode=sc.binary, static_hook=hook)
+                                         binary_mode=sc.binary, numeric_mode=sc.numeric, static_hook=hook)
         if self.ae is not None:
+            h, logvar = latent_gaussian(out, self.cfg.tcvae.min_sigma)  # (B, T, d) each
+            if sc.numeric == "sample":
+                h = h + torch.exp(0.5 * logvar) * torch.randn(h.shape, generator=gen, device=h.device)
             mean = torch.as_tensor(self.sampling["latent_mean"], dtype=out.dtype, device=out.device)
             std = torch.as_tensor(self.sampling["latent_std"], dtype=out.dtype, device=out.device)
-            out = self.ae.decode(out * std + mean)                   # (B, T, D) head outputs
-        draws = sample_heads(out, lay.temporal, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary)
+            out = self.ae.decode(h * std + mean)                     # (B, T, D_out) head outputs
+        draws = sample_heads(out, lay.temporal, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary,
+                             numeric_mode=sc.numeric)
         values = to_arrays(draws, lay.temporal, self.normaliser.inverse_transform)
         lo = np.array([s.valid_min for s in self.schema.temporal], dtype=np.float32)
         hi = np.array([s.valid_max for s in self.schema.temporal], dtype=np.float32)
@@ -225,8 +230,7 @@ def build_generator(cfg: ExperimentConfig, schema: Schema, normaliser: Normalise
         ae = load_numpy_state(build_autoencoder(cfg.ae, lay), models["ae"]).eval()
     if "tcvae" not in models:
         raise InputError("run bundle lacks the TCVAE weights", field="model/tcvae.safetensors")
-    x_dim = cfg.ae.latent if cfg.two_stage else lay.x_dim
-    tc = load_numpy_state(build_tcvae(cfg.tcvae, lay, x_dim=x_dim), models["tcvae"]).eval()
+    tc = load_numpy_state(build_for(cfg, lay), models["tcvae"]).eval()
     return SyntheticGenerator(cfg, schema, normaliser, ae, tc, sampling, run)
 
 

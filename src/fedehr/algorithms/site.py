@@ -234,8 +234,7 @@ def _tcvae_train(task: Task, ctx: SiteContext) -> Reply:
     mode = "latent" if cfg.two_stage else "direct"
     if mode == "latent":
         data = _latent(task, ctx, cfg)
-    x_dim = int(data["x"].shape[-1])
-    model = load_numpy_state(tc_mod.build_tcvae(cfg.tcvae, layout, x_dim=x_dim), dict(task.arrays), "tcvae/")
+    model = load_numpy_state(tc_mod.build_for(cfg, layout), dict(task.arrays), "tcvae/")
     model.to(_device(ctx))
     cpu, dev = _generators(ctx, task)
     offset, total = int(task.config["epoch_offset"]), int(task.config["total_epochs"])

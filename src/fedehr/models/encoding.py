@@ -7,7 +7,7 @@ Per hour (F temporal features, F = F_num + F_bin + F_cat, C_j categories of cate
 z_num are normalised numeric values (fedehr.data.transforms.Normaliser, NaN → 0), v_bin binary values
 (NaN → 0), m_t the observation mask, ordered numeric, binary, categorical so every block is contiguous.
 Decoder heads use the same layout plus one block: numeric means μ, binary logits, categorical logits, mask
-logits, then numeric log-variances log σ² (heteroscedastic Gaussian), width D_out = D + F_num.
+logits, then numeric log-variances log σ² (the noise added when sampling), width D_out = D + F_num.
 The static vector s (S features) has the same four blocks, its last block marking *observed* static values.
 Labels y (L) are coded as [y with NaN → 0 | known (L)] so stays with an unknown outcome can still train.
 
@@ -152,10 +152,16 @@ def encode_cohort(cohort: Cohort, normaliser: Normaliser) -> tuple[np.ndarray, n
 LOGVAR_MIN, LOGVAR_MAX = -7.0, 3.0  # σ between 0.03 and 4.5 normalised units
 
 
-def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Elementwise ½[(x − μ)² / σ² + log σ²] (the constant ½ log 2π dropped), log σ² clamped."""
+def mean_and_noise_loss(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, scale: float = 1.0
+                        ) -> torch.Tensor:
+    """Elementwise (x − μ)² / scale + ½[(x − sg(μ))² / σ² + log σ²].
+
+    The mean is fitted by squared error (a fixed-variance Gaussian) and the noise head σ by the Gaussian NLL of
+    the residual with the mean detached (sg = stop-gradient). A jointly learned variance would let the mean
+    ignore hard features by inflating σ; decoupled, σ calibrates the sampling noise without starving μ.
+    """
     lv = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-    return 0.5 * ((target - mean) ** 2 * torch.exp(-lv) + lv)
+    return (target - mean) ** 2 / scale + 0.5 * ((target - mean.detach()) ** 2 * torch.exp(-lv) + lv)
 
 
 def heads_loss(out: torch.Tensor, target: torch.Tensor, b: Blocks, *, lambda_num: float = 1.0,
@@ -164,7 +170,8 @@ def heads_loss(out: torch.Tensor, target: torch.Tensor, b: Blocks, *, lambda_num
     """Per-example negative log-likelihood of ``target`` (B, ..., width) under head outputs ``out``
     (B, ..., out_width).
 
-    Sums over all non-batch elements: masked Gaussian NLL of numeric values (learned per-cell variance),
+    Sums over all non-batch elements: masked squared error of numeric means plus the NLL of their noise head
+    (``mean_and_noise_loss``),
     masked BCE of binary values, masked CE of categorical values, BCE of the mask. Returns ((B,) total,
     {part: (B,)}).
     """
@@ -173,7 +180,7 @@ def heads_loss(out: torch.Tensor, target: torch.Tensor, b: Blocks, *, lambda_num
     dims = tuple(range(1, out.dim()))
     parts: dict[str, torch.Tensor] = {}
     if n_num:
-        nll = gaussian_nll(out[..., b.s_num], out[..., b.s_logvar], target[..., b.s_num])
+        nll = mean_and_noise_loss(out[..., b.s_num], out[..., b.s_logvar], target[..., b.s_num])
         parts["num"] = (nll * m[..., :n_num]).sum(dims)
     if n_bin:
         bce = F_.binary_cross_entropy_with_logits(out[..., b.s_bin], target[..., b.s_bin], reduction="none")

@@ -7,9 +7,11 @@ Sequence-level latent u ∈ R^U, conditioned on the outcome code y (N, 2L) and s
     p_θ(h_{1:T} | u, y, s)                       non-autoregressive: GRU over [u; e_y; s; τ_t], h₀ = tanh(W[u; e_y; s])
     p(u) = N(0, I),  e_y = W_y y,  τ_t learned per-bin time embedding
 
-The sequence decoder outputs a diagonal Gaussian per step, p(h_t | u, y, s) = N(ĥ_t, diag σ_t²) with learned
-σ_t ≥ σ_min. Negative ELBO per stay (β annealed by the caller through batch["beta"]):
-    L = Σ_t Σ_j ½[(h_tj − ĥ_tj)² / σ_tj² + log σ_tj²] + λ_s NLL(s | ŝ) + β KL(q(u|·) || N(0, I))   (latent mode)
+The sequence decoder outputs a mean ĥ_t and a noise scale σ̂_t per step. Negative ELBO per stay with a fixed
+likelihood scale σ_h for the mean (β annealed by the caller through batch["beta"]), plus the noise head's NLL
+on the detached residual (it calibrates sampling noise, h_t = ĥ_t + σ̂_t ε, and does not shape u):
+    L = Σ_t ||h_t − ĥ_t||² / (2σ_h²) + λ_s NLL(s | ŝ) + β KL(q(u|·) || N(0, I))
+        + Σ_t Σ_j ½[(h_tj − sg(ĥ_tj))² / σ̂_tj² + log σ̂_tj²]                                  (latent mode)
 In "direct" mode (the fedavg-direct baseline, no autoencoder) h_t is the data-space x_t and the first term is
 the mixed-type head likelihood of fedehr.models.encoding.heads_loss. Sampling feeds all T steps at once, so
 it costs one GRU pass per batch (no per-step Python loop).
@@ -23,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fedehr.config import AEConfig, TCVAEConfig
+from fedehr.config import AEConfig, ExperimentConfig, TCVAEConfig
 from fedehr.models.encoding import Layout, draws_to_encoding, heads_loss, sample_heads
 
 Objective = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -81,6 +83,13 @@ def build_tcvae(cfg: TCVAEConfig, layout: Layout, *, mode: str, latent_dim: int 
     return TCVAE(x_dim, out_dim, layout.s_dim, layout.static.out_width, layout.y_dim, layout.n_bins, cfg)
 
 
+def build_for(cfg: ExperimentConfig, layout: Layout) -> TCVAE:
+    """The TCVAE of an experiment: latent mode over the AE's codes (two-stage methods) or direct mode."""
+    if cfg.two_stage:
+        return build_tcvae(cfg.tcvae, layout, mode="latent", latent_dim=cfg.ae.latent)
+    return build_tcvae(cfg.tcvae, layout, mode="direct")
+
+
 def latent_gaussian(out: torch.Tensor, min_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Split latent-mode outputs (..., 2d) into mean ĥ and log σ² (floored at log σ_min²)."""
     mean, logvar = out.chunk(2, -1)
@@ -100,19 +109,21 @@ def objective(cfg: TCVAEConfig, layout: Layout, *, mode: str, ae: AEConfig | Non
         u = mu + torch.exp(0.5 * logvar) * eps                        # reparameterisation, (B, U)
         out = model.decode(u, y, s)                                   # teacher-forced static s
         if mode == "latent":
-            mean, logvar = latent_gaussian(out, cfg.min_sigma)
-            rec = (0.5 * ((x - mean) ** 2 * torch.exp(-logvar) + logvar)).sum((1, 2))
+            h_mean, h_logvar = latent_gaussian(out, cfg.min_sigma)
+            rec = ((x - h_mean) ** 2).sum((1, 2)) / (2.0 * cfg.sigma**2)
+            noise = (0.5 * ((x - h_mean.detach()) ** 2 * torch.exp(-h_logvar) + h_logvar)).sum((1, 2))
         else:
             rec, _ = heads_loss(out, x, layout.temporal, lambda_num=ae.lambda_num, lambda_bin=ae.lambda_bin,
                                 lambda_cat=ae.lambda_cat, lambda_mask=ae.lambda_mask)
+            noise = torch.zeros_like(rec)  # the heads' noise term is inside heads_loss
         if model.s_dim:
             rec_s, _ = heads_loss(model.decode_static(u, y), s, layout.static)
         else:
             rec_s = torch.zeros_like(rec)
         kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(1)       # KL(q || N(0, I)), (B,)
         beta = float(batch.get("beta", cfg.beta))
-        total = rec + cfg.lambda_static * rec_s + beta * kl
-        return total, {"rec": rec, "static": rec_s, "kl": kl}
+        total = rec + cfg.lambda_static * rec_s + beta * kl + noise
+        return total, {"rec": rec, "static": rec_s, "kl": kl, "noise": noise}
 
     return loss
 

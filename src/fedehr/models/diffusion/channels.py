@@ -139,8 +139,10 @@ class ChannelLayout:
     cat_sizes: tuple[int, ...]
 
     @classmethod
-    def of(cls, schema: Schema, *, static: bool = True) -> ChannelLayout:
-        groups = [("t", schema.temporal)] + ([("s", schema.static)] if static else [])
+    def of(cls, schema: Schema, *, temporal: bool = True, static: bool = True) -> ChannelLayout:
+        """Channels of the temporal and/or static features (static only: latent-space CDMT, whose temporal
+        part is an autoencoder's latent codes)."""
+        groups = ([("t", schema.temporal)] if temporal else []) + ([("s", schema.static)] if static else [])
         num = tuple((g, j) for g, specs in groups for j, sp in enumerate(specs) if sp.kind == "numeric")
         cat = tuple((g, j) for g, specs in groups for j in range(len(specs)))
         sizes = tuple(_n_classes(specs[j]) for g, specs in groups for j in range(len(specs)))
@@ -159,19 +161,13 @@ def _columns(cohort: Cohort) -> tuple[dict[str, np.ndarray], dict[str, np.ndarra
     return {"t": cohort.values, "s": stat}, {"t": obs_t, "s": np.isfinite(stat)}
 
 
-def encode_channels(cohort: Cohort, normaliser: Normaliser, layout: ChannelLayout) -> dict[str, np.ndarray]:
-    """{"num": (N, T, F_n) float32 z-scores (NaN → 0), "cat": (N, T, F_c) int64 classes (0 = missing)}."""
+def encode_classes(cohort: Cohort, layout: ChannelLayout) -> np.ndarray:
+    """(N, T, F_c) int64 classes of the categorical channels (0 = missing); needs no normaliser."""
     schema = cohort.schema
     raw, obs = _columns(cohort)
-    z = {"t": normaliser.transform(cohort.values),
-         "s": np.repeat(normaliser.transform_static(cohort.static)[:, None, :], schema.n_bins, axis=1)}
-    n = len(cohort)
-    num = np.zeros((n, schema.n_bins, len(layout.num)), dtype=np.float32)
-    for c, (g, j) in enumerate(layout.num):  # loop over channels
-        num[..., c] = np.where(obs[g][..., j], np.nan_to_num(z[g][..., j], nan=0.0), 0.0)
-    cat = np.zeros((n, schema.n_bins, len(layout.cat)), dtype=np.int64)
+    cat = np.zeros((len(cohort), schema.n_bins, len(layout.cat)), dtype=np.int64)
     specs = {"t": schema.temporal, "s": schema.static}
-    for c, (g, j) in enumerate(layout.cat):
+    for c, (g, j) in enumerate(layout.cat):  # loop over channels
         kind, o = specs[g][j].kind, obs[g][..., j]
         if kind == "numeric":
             cat[..., c] = o
@@ -181,7 +177,19 @@ def encode_channels(cohort: Cohort, normaliser: Normaliser, layout: ChannelLayou
         if (cat[..., c] >= layout.cat_sizes[c]).any() or (cat[..., c] < 0).any():
             raise InputError("value outside the feature's categories", field=specs[g][j].name,
                              expected=f"codes 0..{layout.cat_sizes[c] - 2}")
-    return {"num": num, "cat": cat}
+    return cat
+
+
+def encode_channels(cohort: Cohort, normaliser: Normaliser, layout: ChannelLayout) -> dict[str, np.ndarray]:
+    """{"num": (N, T, F_n) float32 z-scores (NaN → 0), "cat": (N, T, F_c) int64 classes (0 = missing)}."""
+    schema = cohort.schema
+    _, obs = _columns(cohort)
+    z = {"t": normaliser.transform(cohort.values),
+         "s": np.repeat(normaliser.transform_static(cohort.static)[:, None, :], schema.n_bins, axis=1)}
+    num = np.zeros((len(cohort), schema.n_bins, len(layout.num)), dtype=np.float32)
+    for c, (g, j) in enumerate(layout.num):  # loop over channels
+        num[..., c] = np.where(obs[g][..., j], np.nan_to_num(z[g][..., j], nan=0.0), 0.0)
+    return {"num": num, "cat": encode_classes(cohort, layout)}
 
 
 def class_counts(cat: np.ndarray, layout: ChannelLayout) -> list[np.ndarray]:
