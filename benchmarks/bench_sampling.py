@@ -53,8 +53,9 @@ def build(config: Path, device: str):
     values = np.where(counts > 0, lo + (hi - lo) * rng.uniform(0.2, 0.8, (n, t, f)), np.nan)
     values[:, :, [s.kind == "binary" for s in schema.temporal]] = rng.integers(0, 2, (n, t, 1))
     values = np.where(counts > 0, values, np.nan)
-    static = np.stack([rng.uniform(20, 90, n), rng.integers(0, 2, n), rng.uniform(150, 190, n),
-                       rng.uniform(50, 120, n)], 1)
+    static = np.stack([rng.integers(0, 2, n) if sp.kind == "binary" else
+                       rng.integers(0, len(sp.categories), n) if sp.kind == "categorical" else
+                       rng.uniform(max(sp.valid_min, 0.0), min(sp.valid_max, 500.0), n) for sp in schema.static], 1)
     cohort = Cohort(schema, np.arange(n), np.full(n, "a"), static, values, counts, (rng.random((n, 1)) < 0.15))
     norm = Normaliser.from_stats(site_stats(cohort), schema)
     hist = count_histogram(cohort.counts, cfg.sampling.max_count).astype(float)

@@ -192,8 +192,12 @@ class SamplingConfig(_Section):
     mask: Literal["bernoulli", "threshold"] = _f("bernoulli", "observation mask: Bernoulli draw or p > 0.5")
     binary: Literal["bernoulli", "threshold"] = _f("bernoulli", "binary and categorical values: draw from the "
                                                    "predicted distribution, or take the most likely value")
-    numeric: Literal["sample", "mean"] = _f("sample", "numeric values and latent codes: draw from the predicted "
-                                            "Gaussian, or take its mean (smoother, less variable)")
+    numeric: Literal["sample", "mean"] = _f("sample", "numeric values: draw from the decoder's Gaussian N(μ, σ²), "
+                                            "or take its mean μ (smoother, less variable)")
+    calibrate_mask: bool = _f(True, "after training, shift each feature's mask logit so the generator's expected "
+                              "observed fraction equals the federated one (aggregate counts from the stats round)")
+    latent_noise: float = _f(0.5, "scale of the TCVAE's learned per-step noise σ̂ added to latent codes before "
+                             "the AE decodes them (0: decode the mean trajectory)", min=0.0)
     batch_size: int = _f(8192, "stays decoded per batch", min=1)
     max_count: int = _f(32, "largest per-bin measurement count tracked by the count distribution", min=1,
                         max=65535)

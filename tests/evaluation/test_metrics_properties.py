@@ -26,7 +26,7 @@ from fedehr.evaluation import METRICS, evaluate
 from fedehr.evaluation import fidelity as fid
 from fedehr.evaluation import privacy as priv
 from fedehr.evaluation.featurize import Scaler, canonical_order, record_keys, stay_summaries, temporal_scaler
-from fedehr.evaluation.utility import auprc_rows, auroc_rows
+from fedehr.evaluation.utility import auprc_rows, auroc_rows, matched_subsets
 
 FAST = settings(max_examples=25, deadline=None)
 finite = st.floats(-50, 50, allow_nan=False, allow_infinity=False, width=32)
@@ -159,6 +159,18 @@ def test_vectorised_auroc_auprc_match_sklearn(y, seed, ties):
     s = rng.integers(0, 4, len(y)).astype(float) if ties else rng.random(len(y))
     assert auroc_rows(y[None], s[None])[0] == pytest.approx(roc_auc_score(y, s))
     assert auprc_rows(y[None], s[None])[0] == pytest.approx(average_precision_score(y, s))
+
+
+def test_matched_training_sets_keep_size_and_rare_class():
+    """TSTR/TRTR training sets get equal sizes; the subsample keeps the label share and a rare class."""
+    rng = np.random.default_rng(0)
+    y_syn = (np.arange(1000) % 10 == 0).astype(int)  # 10 % positives
+    y_real = np.r_[np.ones(1), np.zeros(299)].astype(int)  # one positive
+    i_syn, i_real = matched_subsets(y_syn, y_real, rng)
+    assert len(i_syn) == len(i_real) == 300
+    assert y_syn[i_syn].sum() == 30 and y_real[i_real].sum() == 1
+    i_a, i_b = matched_subsets(y_real, y_syn, rng)
+    assert len(i_a) == len(i_b) == 300 and len(np.unique(i_b)) == 300
 
 
 # ---- privacy primitives --------------------------------------------------------------------------------------------

@@ -26,335 +26,41 @@ from __future__ import annotations
 
 import json
 import time
-import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from fedehr.aggregation.fedavg import weighted_average
-from fedehr.algorithms.protocol import Reply, Task
-from fedehr.config import (
-    AEConfig,
-    ExperimentConfig,
-    SamplingConfig,
-    Stage1Config,
-    StageConfig,
-    _build,
-    _f,
-    _Section,
-    resolve_device,
+from fedehr.algorithms.diffusion_generate import DiffusionGenerator, build_generator, load_generator, save_run
+from fedehr.algorithms.diffusion_site import SITE_HANDLERS, LocalObjective
+from fedehr.algorithms.diffusion_spec import (
+    DESCRIPTIONS,
+    DIFFUSION_METHODS,
+    DiffusionConfig,
+    DiffusionExperiment,
+    Experiment,
+    ae_experiment,
+    channel_layout,
+    label_index,
+    network,
 )
+from fedehr.algorithms.protocol import Reply, Task
+from fedehr.config import resolve_device
 from fedehr.data import fedstats
 from fedehr.data.cohort import Cohort
 from fedehr.data.schema import Schema
 from fedehr.data.transforms import Normaliser
 from fedehr.errors import FedEHRError, InputError
-from fedehr.models.autoencoder import Autoencoder, build_autoencoder
+from fedehr.models.autoencoder import build_autoencoder
 from fedehr.models.diffusion import cdmt, channels, ehrdiff
-from fedehr.models.encoding import Layout, sample_heads, to_arrays
-from fedehr.training.checkpoint import load_numpy_state, state_to_numpy
+from fedehr.models.encoding import Layout
+from fedehr.training.checkpoint import state_to_numpy
 
-DIFFUSION_METHODS: tuple[str, ...] = ("ehrdiff", "cdmt-ehr", "latent-cdmt")
-DESCRIPTIONS: dict[str, str] = {
-    "ehrdiff": "EHRDiff (EDM + MLP) on flattened [0, 1] series with mask channels; FedAvg/FedProx or centralized",
-    "cdmt-ehr": "CDMT-EHR (continuous-time mixed-type diffusion, BiGRU, learned schedule); FedAvg/FedProx or "
-                "centralized",
-    "latent-cdmt": "CDMT-EHR on the latent codes of a FedAvg-trained per-hour autoencoder",
-}
-SYNTHETIC_ID_BASE = 10**12
+__all__ = ["DESCRIPTIONS", "DIFFUSION_METHODS", "SITE_HANDLERS", "DiffusionConfig", "DiffusionExperiment",
+           "DiffusionGenerator", "DiffusionWorkflow", "fit_codes", "load_generator", "make_workflow"]
 Arrays = dict[str, np.ndarray]
-
-
-# ---- configuration ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DiffusionStageConfig(StageConfig):
-    _prefix: typing.ClassVar[str] = "diffusion.stage."
-
-
-@dataclass(frozen=True)
-class DiffusionConfig(_Section):
-    """Training of a diffusion generator (network sizes in the ``ehrdiff`` / ``cdmt`` sub-tables)."""
-
-    _prefix: typing.ClassVar[str] = "diffusion."
-    training: Literal["fedavg", "fedprox", "centralized", "local"] = _f(
-        "fedavg", "federated with FedAvg or FedProx, pooled in one place, or one site alone")
-    prox_mu: float = _f(0.01, "FedProx proximal weight μ (training = fedprox)", min=0.0)
-    label: str = _f("mortality", "outcome label the generator is conditioned on (classifier-free guidance); "
-                    "empty: unconditional")
-    static: bool = _f(True, "CDMT: model the static features as hour-constant channels")
-    stage: DiffusionStageConfig = field(
-        default_factory=lambda: DiffusionStageConfig(rounds=20, local_epochs=1, lr=1e-3, batch_size=256),
-        metadata={"help": "diffusion training schedule"})
-    ehrdiff: ehrdiff.EHRDiffConfig = field(default_factory=lambda: ehrdiff.EHRDiffConfig.preset("series"),
-                                           metadata={"help": "EHRDiff network and sampler"})
-    cdmt: cdmt.CDMTConfig = field(default_factory=cdmt.CDMTConfig, metadata={"help": "CDMT-EHR network and sampler"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.ehrdiff.mode != "series":
-            raise InputError("cohort workflows train EHRDiff in series mode (code matrices: fit_codes)",
-                             field="diffusion.ehrdiff.mode", value=self.ehrdiff.mode, expected="series")
-
-
-@dataclass(frozen=True)
-class DiffusionExperiment(_Section):
-    """A diffusion-method experiment: the fields of ExperimentConfig the diffusion workflows read, for use until
-    ExperimentConfig lists these methods and carries a ``diffusion`` table (either object works everywhere)."""
-
-    method: Literal["ehrdiff", "cdmt-ehr", "latent-cdmt"] = _f("cdmt-ehr", "diffusion generator")
-    seed: int = _f(0, "master seed (sites derive theirs from it, their name and the round)", min=0)
-    device: Literal["cpu", "cuda", "auto"] = _f("auto", "torch device; auto = cuda when available")
-    min_sites: int = _f(1, "fewest sites that must reply to a round", min=1)
-    round_timeout_s: float = _f(600.0, "seconds the server waits for the replies of one round", min_exclusive=0.0)
-    local_site: str = _f("", "site trained alone by diffusion.training = 'local'")
-    eval_sample: int = _f(1000, "synthetic stays sent to the sites for evaluation (0 skips evaluation)", min=0)
-    ae: AEConfig = field(default_factory=AEConfig, metadata={"help": "latent-cdmt: stage-1 autoencoder"})
-    stage1: Stage1Config = field(default_factory=lambda: Stage1Config(rounds=3, local_epochs=2),
-                                 metadata={"help": "latent-cdmt: stage-1 schedule"})
-    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "synthetic sampling"})
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig, metadata={"help": "diffusion training"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.diffusion.training == "local" and not self.local_site:
-            raise InputError("diffusion.training = 'local' needs the site to train on", field="local_site")
-
-    @property
-    def federated(self) -> bool:
-        return self.diffusion.training in ("fedavg", "fedprox")
-
-    def resolved_device(self) -> str:
-        return resolve_device(self.device)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], *, file: str | Path | None = None, text: str | None = None
-                  ) -> DiffusionExperiment:
-        return _build(cls, d, "", file, text)  # type: ignore[return-value]
-
-    def dumps(self) -> str:
-        import tomli_w
-
-        return tomli_w.dumps(self.to_dict())
-
-
-Experiment = DiffusionExperiment | ExperimentConfig  # the latter once it carries the diffusion methods
-
-
-def experiment_from_dict(d: dict[str, Any]) -> Experiment:
-    """ExperimentConfig once it carries the diffusion methods (a ``diffusion`` table), else DiffusionExperiment."""
-    integrated = "diffusion" in ExperimentConfig.__dataclass_fields__
-    return (ExperimentConfig if integrated else DiffusionExperiment).from_dict(d)  # type: ignore[return-value]
-
-
-def ae_experiment(cfg: Experiment) -> ExperimentConfig:
-    """The ExperimentConfig that FedEHR-Gen's autoencoder site actions read (stage 1 of latent-cdmt)."""
-    if isinstance(cfg, ExperimentConfig):
-        return cfg
-    return ExperimentConfig(method="fedavg", seed=cfg.seed, device=cfg.device, ae=cfg.ae, stage1=cfg.stage1,
-                            sampling=cfg.sampling)
-
-
-# ---- networks -----------------------------------------------------------------------------------------------
-def channel_layout(cfg: Experiment, schema: Schema) -> channels.ChannelLayout:
-    """CDMT channels: every feature (cdmt-ehr) or the static features only (latent-cdmt)."""
-    static = cfg.diffusion.static
-    if cfg.method == "latent-cdmt":
-        return channels.ChannelLayout.of(schema, temporal=False, static=static)
-    return channels.ChannelLayout.of(schema, static=static)
-
-
-def network(cfg: Experiment, schema: Schema, n_classes: int, *, generator: torch.Generator | None = None
-            ) -> nn.Module:
-    """The method's denoiser for ``schema`` (random init from ``generator`` when given)."""
-    d = cfg.diffusion
-    if cfg.method == "ehrdiff":
-        return ehrdiff.build(d.ehrdiff, ehrdiff.EHRDiffDims(channels.series_dim(schema), n_classes),
-                             generator=generator)
-    layout = channel_layout(cfg, schema)
-    extra = cfg.ae.latent if cfg.method == "latent-cdmt" else 0
-    dims = cdmt.CDMTDims(schema.n_bins, extra + len(layout.num), layout.cat_sizes, n_classes)
-    return cdmt.build(d.cdmt, dims, generator=generator)
-
-
-def objective(cfg: Experiment) -> Callable[[nn.Module, dict[str, torch.Tensor], torch.Generator], torch.Tensor]:
-    """The model file's per-example objective."""
-    return ehrdiff.objective if cfg.method == "ehrdiff" else cdmt.objective
-
-
-def label_index(cfg: Experiment, schema: Schema) -> int | None:
-    """Column of the conditioning label in schema.labels (None: unconditional)."""
-    name = cfg.diffusion.label
-    if not name:
-        return None
-    if name not in schema.labels:
-        raise InputError("the conditioning label is not a label of the cohort", field="diffusion.label", value=name,
-                         expected=", ".join(schema.labels) + " or empty (unconditional)")
-    return list(schema.labels).index(name)
-
-
-# ---- sampling ---------------------------------------------------------------------------------------------------
-def draw_counts(observed: np.ndarray, count_pmf: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(N, T, F) uint16 counts: 0 where not observed, else k ~ the feature's federated count distribution."""
-    cdf = np.cumsum(np.asarray(count_pmf, dtype=np.float64), axis=1)  # (F, K)
-    cdf /= np.maximum(cdf[:, -1:], 1e-12)
-    u = rng.random(observed.shape)
-    k = np.empty(observed.shape, dtype=np.int64)
-    for j in range(observed.shape[-1]):  # loop over features
-        k[..., j] = np.searchsorted(cdf[j], u[..., j], side="right") + 1
-    return np.where(observed, np.minimum(k, cdf.shape[1]), 0).astype(np.uint16)
-
-
-@dataclass
-class DiffusionGenerator:
-    """A trained diffusion generator (EMA weights) with everything sampling needs."""
-
-    cfg: Experiment
-    schema: Schema
-    net: nn.Module
-    normaliser: Normaliser
-    sampling: dict[str, Any]
-    ae: Autoencoder | None = None
-    run: str = ""
-
-    def _labels(self, n: int, rng: np.random.Generator, condition: dict[str, float] | None,
-                prevalence: float | None) -> np.ndarray | None:
-        """(n,) classes of the conditioning label (None for an unconditional model)."""
-        j = label_index(self.cfg, self.schema)
-        name = self.cfg.diffusion.label
-        for key in condition or {}:
-            if key != name:
-                raise InputError("diffusion generators condition on their label only", field="condition", value=key,
-                                 expected=name or "nothing (unconditional model)")
-        if j is None:
-            if prevalence is not None:
-                raise InputError("an unconditional model cannot set a prevalence", field="prevalence")
-            return None
-        probs = np.asarray(self.sampling["label_probs"], dtype=np.float64)
-        if condition:
-            v = float(condition[name])
-            if v != int(v) or not 0 <= v < len(probs):
-                raise InputError("label condition must be a class of the label", field=f"condition.{name}",
-                                 value=v, expected=f"0..{len(probs) - 1}")
-            return np.full(n, int(v), dtype=np.int64)
-        if prevalence is not None:
-            if len(probs) != 2 or not 0.0 <= prevalence <= 1.0:
-                raise InputError("prevalence needs a binary label and a probability", field="prevalence",
-                                 value=prevalence, expected="a number in [0, 1]")
-            probs = np.array([1.0 - prevalence, prevalence])
-        return rng.choice(len(probs), size=n, p=probs / probs.sum())
-
-    @torch.no_grad()
-    def sample(self, n: int, *, seed: int = 0, condition: dict[str, float] | None = None,
-               prevalence: float | None = None, device: str = "cpu", batch_size: int | None = None) -> Cohort:
-        """``n`` synthetic stays as a Cohort (site 'synthetic', fresh stay ids)."""
-        if n < 1:
-            raise InputError("number of stays to sample must be >= 1", field="n", value=n)
-        device = resolve_device(device)
-        self.net.to(device).eval()
-        rng = np.random.default_rng(seed)
-        gen = torch.Generator(device=device).manual_seed(int(seed))
-        y = self._labels(n, rng, condition, prevalence)
-        yt = None if y is None else torch.as_tensor(y, device=device)
-        if self.cfg.method == "ehrdiff":
-            x = ehrdiff.sample(self.net, n, generator=gen, labels=yt, batch_size=batch_size or 4096)
-            out = channels.decode_series(x.cpu().numpy(), channels.MinMax.from_dict(self.sampling["minmax"]),
-                                         self.schema)
-        else:
-            draw = cdmt.sample(self.net, n, generator=gen, labels=yt, batch_size=batch_size)
-            out = self._decode_cdmt(draw, gen)
-        counts = draw_counts(np.isfinite(out["values"]), np.asarray(self.sampling["count_pmf"]), rng)
-        labels = np.full((n, len(self.schema.labels)), np.nan, dtype=np.float32)
-        j = label_index(self.cfg, self.schema)
-        if j is not None and y is not None:
-            labels[:, j] = y
-        return Cohort(self.schema, SYNTHETIC_ID_BASE + np.arange(n, dtype=np.int64), np.full(n, "synthetic"),
-                      out["static"], out["values"], counts, labels,
-                      meta={"synthetic": True, "generator": self.cfg.method, "run": self.run, "seed": int(seed),
-                            "condition": dict(condition or {}), "prevalence": prevalence})
-
-    def _decode_cdmt(self, draw: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, np.ndarray]:
-        layout = channel_layout(self.cfg, self.schema)
-        num, cat = draw["num"], draw["cat"]
-        if self.cfg.method != "latent-cdmt":
-            return channels.decode_channels(num.cpu().numpy(), cat.cpu().numpy(), self.normaliser, layout,
-                                            self.schema)
-        d = self.cfg.ae.latent
-        out = channels.decode_channels(num[..., d:].cpu().numpy(), cat.cpu().numpy(), self.normaliser, layout,
-                                       self.schema)
-        assert self.ae is not None
-        self.ae.to(num.device).eval()
-        mean = torch.as_tensor(self.sampling["latent_mean"], dtype=num.dtype, device=num.device)
-        std = torch.as_tensor(self.sampling["latent_std"], dtype=num.dtype, device=num.device)
-        heads = self.ae.decode(num[..., :d] * std + mean)  # (N, T, D) head outputs of the global decoder
-        lay = Layout.of(self.schema)
-        sc = self.cfg.sampling
-        draws = sample_heads(heads, lay.temporal, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary)
-        values = to_arrays(draws, lay.temporal, self.normaliser.inverse_transform)
-        lo = np.array([s.valid_min for s in self.schema.temporal], dtype=np.float32)
-        hi = np.array([s.valid_max for s in self.schema.temporal], dtype=np.float32)
-        out["values"] = np.clip(values, lo, hi)
-        return out
-
-
-def build_generator(cfg: Experiment, schema: Schema, normaliser: Normaliser, models: dict[str, Arrays],
-                    sampling: dict[str, Any], run: str = "") -> DiffusionGenerator:
-    """Rebuild the networks from the config and load the EMA weights (and the autoencoder for latent-cdmt)."""
-    net = network(cfg, schema, int(sampling["n_classes"]))
-    load_numpy_state(net, models["ema"])
-    ae = None
-    if cfg.method == "latent-cdmt":
-        ae = load_numpy_state(build_autoencoder(cfg.ae, Layout.of(schema)), models["ae"]).eval()
-    return DiffusionGenerator(cfg, schema, net.eval(), normaliser, sampling, ae, run)
-
-
-def save_run(run_dir: str | Path, *, cfg: Experiment, schema: Schema, normaliser: Normaliser,
-             models: dict[str, Arrays], sampling: dict[str, Any]) -> Path:
-    """Model bundle in fedehr's layout: model/*.safetensors, config.toml, schema.json, normaliser.json,
-    sampling.json (``"generator": "diffusion"``), each written atomically."""
-    import safetensors.numpy
-
-    from fedehr.io_utils import atomic_dir, atomic_file
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(run_dir / "model", overwrite=True) as tmp:
-        for name, arrays in models.items():
-            data = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
-            (tmp / f"{name}.safetensors").write_bytes(data)
-    texts = {"config.toml": cfg.dumps(), "schema.json": schema.to_json(),
-             "normaliser.json": json.dumps(normaliser.to_dict(), indent=2),
-             "sampling.json": json.dumps({**sampling, "generator": "diffusion", "method": cfg.method}, indent=2)}
-    for fname, text in texts.items():
-        with atomic_file(run_dir / fname) as fh:
-            fh.write(text)  # type: ignore[attr-defined]
-    return run_dir
-
-
-def load_generator(run_dir: str | Path) -> DiffusionGenerator:
-    """The trained diffusion generator saved in ``run_dir`` by :func:`save_run`."""
-    import tomllib
-
-    import safetensors.numpy
-
-    run_dir = Path(run_dir)
-    need = ["config.toml", "schema.json", "normaliser.json", "sampling.json", "model/ema.safetensors"]
-    missing = [f for f in need if not (run_dir / f).is_file()]
-    if missing:
-        raise InputError("not a diffusion run directory", file=run_dir, value=missing, expected=", ".join(need))
-    sampling = json.loads((run_dir / "sampling.json").read_text())
-    if sampling.get("generator") != "diffusion":
-        raise InputError("the run was not trained by a diffusion method", file=run_dir / "sampling.json",
-                         field="generator", value=sampling.get("generator"), expected="diffusion")
-    cfg = experiment_from_dict(tomllib.loads((run_dir / "config.toml").read_text()))
-    schema = Schema.from_dict(json.loads((run_dir / "schema.json").read_text()))
-    normaliser = Normaliser.from_dict(json.loads((run_dir / "normaliser.json").read_text()))
-    models = {p.stem: safetensors.numpy.load_file(str(p)) for p in sorted((run_dir / "model").glob("*.safetensors"))}
-    return build_generator(cfg, schema, normaliser, models, sampling, run=str(run_dir))
 
 
 # ---- code-matrix mode (centralized) ----------------------------------------------------------------------------
@@ -364,7 +70,6 @@ def fit_codes(x: np.ndarray, cfg: ehrdiff.EHRDiffConfig, *, epochs: int, batch_s
     """Train EHRDiff on a binary code matrix x (N, V) (codes.mimic3_code_matrix / eicu_code_matrix) in one place,
     with AdamW and the per-step EMA; returns (model, EMA model for sampling, TrainStats). ``labels`` (N,) classes
     (−1 unknown) make the model class-conditional."""
-    from fedehr.algorithms.diffusion_site import LocalObjective
     from fedehr.training.loop import TrainConfig, shuffled_batches, train_local
 
     if cfg.mode != "codes":
@@ -688,3 +393,9 @@ class DiffusionWorkflow:
         self.history, self.evaluation = list(meta["history"]), dict(meta["evaluation"])
         self.state = {k: _strip(arrays, f"{k}/") for k in meta["state_keys"]}
         self._synthetic = None
+
+
+def make_workflow(cfg: Experiment) -> DiffusionWorkflow:
+    """The server workflow of a diffusion method (what fedehr.algorithms.registry.make_workflow should return
+    for ``cfg.method in DIFFUSION_METHODS``)."""
+    return DiffusionWorkflow(cfg)

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from fedehr.algorithms import site
-from fedehr.algorithms.diffusion import Experiment, channel_layout, experiment_from_dict, label_index, network
-from fedehr.algorithms.diffusion import objective as model_objective
+from fedehr.algorithms.diffusion_spec import Experiment, channel_layout, experiment_from_dict, label_index, network
+from fedehr.algorithms.diffusion_spec import objective as model_objective
 from fedehr.algorithms.protocol import Reply, SiteContext, Task
 from fedehr.config import resolve_device
 from fedehr.data import fedstats

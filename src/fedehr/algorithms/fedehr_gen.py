@@ -324,7 +324,10 @@ class GenWorkflow:
         pats = sum(np.asarray(r.arrays["label_patterns"], dtype=np.float64) for r in got)
         if pats.sum() <= 0:
             raise FedEHRError("no training stay at any site has every outcome label known")
+        n_temporal = len(self.schema.temporal)
+        observed_rate = merged.count[:n_temporal] / max(int(merged.n_stays[0]) * self.schema.n_bins, 1)
         self.sampling.update({"label_probs": (pats / pats.sum()).tolist(), "count_pmf": pmf.tolist(),
+                              "observed_rate": observed_rate.tolist(),
                               "label_prevalence": merged.prevalence.tolist(), "labels": list(self.schema.labels)})
         entry["label_prevalence"] = {n: float(p) for n, p in zip(self.schema.labels, merged.prevalence, strict=True)}
 
@@ -375,6 +378,13 @@ class GenWorkflow:
                 entry[f"loss_{part}"] = vals
         if self.single:
             self.opt = {k: v for k, v in got[0].arrays.items() if k.startswith("opt/")}
+        if kind[1] == self.cfg.stage2.rounds - 1 and self.cfg.sampling.calibrate_mask:
+            from fedehr.algorithms.generate import calibrate_mask
+
+            self.sampling.pop("mask_bias", None)
+            bias = calibrate_mask(self.generator(), np.asarray(self.sampling["observed_rate"]), seed=self.cfg.seed)
+            self.sampling["mask_bias"] = bias.tolist()
+            entry["mask_bias"] = dict(zip(self.schema.temporal_names, bias.tolist(), strict=True))  # type: ignore[union-attr]
 
     def _receive_evaluate(self, kind: tuple[Any, ...], got: list[Reply], entry: dict[str, Any]) -> None:
         self.evaluation = {r.site: dict(r.metrics) for r in got}

@@ -4,9 +4,9 @@ One draw (vectorised over a batch of stays):
   1. labels y ~ the federated label distribution (joint label patterns counted at the sites), or fixed by
      ``condition`` / redrawn with a requested ``prevalence`` (other labels then follow the conditional);
   2. u ~ N(0, I); static ŝ ~ p(s | u, y) (``condition`` may fix static features, see ``_static_hook``);
-  3. the TCVAE decoder gives the latent sequence h_t ~ N(ĥ_t, σ_t²) (un-standardised with the federated latent
-     moments) and the frozen global AE decoder maps it to head outputs (fedavg-direct: the TCVAE outputs the
-     heads);
+  3. the TCVAE decoder gives the latent sequence h_t = ĥ_t + latent_noise · σ̂_t ε (un-standardised with the
+     federated latent moments); the frozen global AE decoder maps it to head outputs (fedavg-direct: the TCVAE
+     outputs the heads); mask logits get the federated calibration offsets (calibrate_mask);
   4. mask ~ Bernoulli(sigmoid(mask logits)), binary ~ Bernoulli, categorical ~ softmax, numeric ~ N(μ, σ²);
      normalisation inverted, values clipped to each feature's valid range, NaN where not observed;
   5. counts = mask × a count drawn from the federated per-feature distribution of measurements per bin.
@@ -183,19 +183,31 @@ class SyntheticGenerator:
         keep = max(int((cdf < 1.0 - 1e-9).sum(1).max()) + 1, 1)  # trim the all-zero tail
         return torch.as_tensor(cdf[:, :keep], dtype=torch.float32, device=device).contiguous()
 
-    def _batch(self, y: torch.Tensor, gen: torch.Generator, hook, cdf: torch.Tensor
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _heads(self, y: torch.Tensor, gen: torch.Generator, hook) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Temporal head outputs (B, T, D_out) with the calibrated mask offsets, and the static draws."""
         sc = self.cfg.sampling
         lay = self.layout
         out, static_draws = tcvae_sample(self.tcvae, lay, y, generator=gen, mask_mode=sc.mask,
                                          binary_mode=sc.binary, numeric_mode=sc.numeric, static_hook=hook)
         if self.ae is not None:
             h, logvar = latent_gaussian(out, self.cfg.tcvae.min_sigma)  # (B, T, d) each
-            if sc.numeric == "sample":
-                h = h + torch.exp(0.5 * logvar) * torch.randn(h.shape, generator=gen, device=h.device)
+            if sc.latent_noise > 0:
+                h = h + sc.latent_noise * torch.exp(0.5 * logvar) * torch.randn(h.shape, generator=gen, device=h.device)
             mean = torch.as_tensor(self.sampling["latent_mean"], dtype=out.dtype, device=out.device)
             std = torch.as_tensor(self.sampling["latent_std"], dtype=out.dtype, device=out.device)
             out = self.ae.decode(h * std + mean)                     # (B, T, D_out) head outputs
+        bias = self.sampling.get("mask_bias")
+        if bias is not None:
+            b = torch.as_tensor(np.asarray(bias, dtype=np.float32)[lay.temporal.order], device=out.device)
+            out = torch.cat([out[..., : lay.temporal.s_mask.start], out[..., lay.temporal.s_mask] + b,
+                             out[..., lay.temporal.s_mask.stop:]], -1)
+        return out, static_draws
+
+    def _batch(self, y: torch.Tensor, gen: torch.Generator, hook, cdf: torch.Tensor
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sc = self.cfg.sampling
+        lay = self.layout
+        out, static_draws = self._heads(y, gen, hook)
         draws = sample_heads(out, lay.temporal, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary,
                              numeric_mode=sc.numeric)
         values = to_arrays(draws, lay.temporal, self.normaliser.inverse_transform)
@@ -216,6 +228,40 @@ class SyntheticGenerator:
         else:
             static = np.empty((b, 0), dtype=np.float32)
         return values, counts, static
+
+
+@torch.no_grad()
+def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000, seed: int = 0,
+                   iterations: int = 40) -> np.ndarray:
+    """Per-feature mask-logit offsets b_f (F,) with mean_{i,t} σ(ℓ_itf + b_f) = target_f (bisection, |b| ≤ 20).
+
+    ``target`` (F,) is the federated fraction of observed bins per temporal feature; the logits ℓ come from
+    ``n`` stays drawn with labels from the federated label distribution. Features never observed keep b = 0.
+    """
+    lay = gen.layout
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    saved = gen.sampling.pop("mask_bias", None)
+    try:
+        gen.to("cpu")
+        y = torch.as_tensor(gen._labels(n, rng, {}, None))
+        out, _ = gen._heads(torch.cat([y, torch.ones_like(y)], 1), g, None)
+    finally:
+        if saved is not None:
+            gen.sampling["mask_bias"] = saved
+    logits = out[..., lay.temporal.s_mask].reshape(-1, lay.temporal.n).double()  # (n·T, F) in mask order
+    tgt = torch.as_tensor(np.asarray(target, dtype=np.float64)[lay.temporal.order]).clamp(1e-6, 1 - 1e-6)
+    lo = torch.full((lay.temporal.n,), -20.0, dtype=torch.float64)
+    hi = torch.full((lay.temporal.n,), 20.0, dtype=torch.float64)
+    for _ in range(iterations):  # bisection on b: mean σ(ℓ + b) is increasing in b
+        b = 0.5 * (lo + hi)
+        above = torch.sigmoid(logits + b).mean(0) > tgt
+        hi, lo = torch.where(above, b, hi), torch.where(above, lo, b)
+    b = 0.5 * (lo + hi)
+    out_b = np.zeros(lay.temporal.n)
+    out_b[lay.temporal.order] = b.numpy()
+    out_b[np.asarray(target) <= 0] = 0.0
+    return out_b
 
 
 def build_generator(cfg: ExperimentConfig, schema: Schema, normaliser: Normaliser,

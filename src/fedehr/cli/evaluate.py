@@ -11,12 +11,16 @@ import typer
 from fedehr.errors import InputError
 
 
-def _load(path: Path, source: str | None, split: str | None, role: str) -> Any:
-    from fedehr.data.sources import read_any
+def _load(path: Path, source: str | None, split: str | None, role: str, grid: tuple[float, float]) -> Any:
+    """A cohort directory (its own grid) or any source format gridded to ``grid`` = (hours, bin_hours)."""
+    from fedehr.data.sources import detect_source, read_any
 
     if not path.exists():
         raise InputError(f"{role} data not found", file=path, field=f"--{role}")
-    return read_any(path, source=source, split=split)
+    source = source or detect_source(path)
+    if source == "cohort":
+        return read_any(path, source=source, split=split)
+    return read_any(path, source=source, split=split, hours=grid[0], bin_hours=grid[1])
 
 
 def _splits(train: Path, test: Path, train_source: str | None, test_source: str | None,
@@ -56,6 +60,10 @@ def evaluate(
     no_per_site: bool = typer.Option(False, "--no-per-site", help="pooled metrics only"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists"),
     title: str = typer.Option("fedehr evaluation report", "--title", help="title of report.html"),
+    hours: float = typer.Option(None, "--hours", help="time window for inputs that are not cohort directories "
+                                "(default: the grid of --train, else 48)"),
+    bin_hours: float = typer.Option(None, "--bin-hours", help="bin width for such inputs (default: as --train, "
+                                    "else 1)"),
 ) -> None:
     """Score SYNTHETIC against real TRAIN/TEST data (pooled and per site); write metrics.json and report.html."""
     import numpy as np
@@ -69,9 +77,10 @@ def evaluate(
     if not no_report:
         from fedehr.reporting import write_report
     s_train, s_test = _splits(train, test, train_source, test_source, split_train, split_test)
-    real_train = _load(train, train_source, s_train, "train")
-    real_test = _load(test, test_source, s_test, "test")
-    syn = _load(synthetic, synthetic_source, None, "synthetic")
+    real_train = _load(train, train_source, s_train, "train", (hours or 48.0, bin_hours or 1.0))
+    grid = (hours or real_train.schema.hours, bin_hours or real_train.schema.bin_hours)
+    real_test = _load(test, test_source, s_test, "test", grid)
+    syn = _load(synthetic, synthetic_source, None, "synthetic", grid)
     ev = run_evaluation(real_train, real_test, syn, seed=seed, label=label, per_site=not no_per_site, fast=fast)
     inputs = {"train": str(train), "test": str(test), "synthetic": str(synthetic),
               "split_train": s_train, "split_test": s_test}
@@ -102,5 +111,7 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
             arrow = f"→{r['best']:g}"
         thr = "—" if r["threshold"] is None else ("≤ " if r["direction"] == "min" else "≥ ") + f"{r['threshold']:g}"
         res = {True: "[green]pass[/]", False: "[red]fail[/]", None: "—"}[r["passed"]]
+        if r.get("skipped"):
+            res = "skipped"
         t.add_row(r["name"], r["family"], v, arrow, thr, res)
     Console().print(t)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
 from fedehr.evaluation.sequence_model import GRUConfig, fit_gru, predict_gru
 
@@ -57,13 +58,16 @@ def discriminative_auroc_gbm(real: np.ndarray, syn: np.ndarray, rng: np.random.G
 
     real (N, D), syn (M, D) raw summaries (NaN allowed: HistGradientBoosting routes missing values natively);
     optional exact record hashes (N, 2), (M, 2) to drop cross-class duplicates (:func:`without_cross_duplicates`).
-    Returns [0, 1]; 0.5 is best (indistinguishable), values near 1 mean easily detected synthetic data.
+    Returns [0, 1]; 0.5 is best (indistinguishable), values near 1 mean easily detected synthetic data; NaN
+    when de-duplication leaves a class without training stays.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     _check_sizes(len(real), len(syn))
     rtr, rte, str_, ste = balanced_split(len(real), len(syn), rng, test_fraction, max_per_class)
     rtr, str_ = without_cross_duplicates(rtr, rte, str_, ste, real_keys, syn_keys)
+    if len(rtr) == 0 or len(str_) == 0:
+        return float("nan")  # every training record duplicates a held-out one: nothing left to learn from
     x_tr = np.concatenate([real[rtr], syn[str_]])
     y_tr = np.r_[np.ones(len(rtr)), np.zeros(len(str_))]
     x_te = np.concatenate([real[rte], syn[ste]])
@@ -71,8 +75,9 @@ def discriminative_auroc_gbm(real: np.ndarray, syn: np.ndarray, rng: np.random.G
     clf = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=15,
                                          l2_regularization=1.0, early_stopping=False,
                                          random_state=int(rng.integers(2**31 - 1)))
-    clf.fit(x_tr, y_tr)
-    return float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1]))
+    with threadpool_limits(limits=1, user_api="openmp"):  # see utility.gbm_scores
+        clf.fit(x_tr, y_tr)
+        return float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1]))
 
 
 def discriminative_auroc_gru(real_x: np.ndarray, real_s: np.ndarray, syn_x: np.ndarray, syn_s: np.ndarray,
@@ -88,6 +93,8 @@ def discriminative_auroc_gru(real_x: np.ndarray, real_s: np.ndarray, syn_x: np.n
     _check_sizes(len(real_x), len(syn_x))
     rtr, rte, str_, ste = balanced_split(len(real_x), len(syn_x), rng, test_fraction, max_per_class)
     rtr, str_ = without_cross_duplicates(rtr, rte, str_, ste, real_keys, syn_keys)
+    if len(rtr) == 0 or len(str_) == 0:
+        return float("nan")  # every training record duplicates a held-out one: nothing left to learn from
     x_tr = np.concatenate([real_x[rtr], syn_x[str_]])
     s_tr = np.concatenate([real_s[rtr], syn_s[str_]])
     y_tr = np.r_[np.ones(len(rtr)), np.zeros(len(str_))]
@@ -95,4 +102,4 @@ def discriminative_auroc_gru(real_x: np.ndarray, real_s: np.ndarray, syn_x: np.n
     x_te = np.concatenate([real_x[rte], syn_x[ste]])
     s_te = np.concatenate([real_s[rte], syn_s[ste]])
     y_te = np.r_[np.ones(len(rte)), np.zeros(len(ste))]
-    return float(roc_auc_score(y_te, predict_gru(model, x_te, s_te)))
+    return float(roc_auc_score(y_te, predict_gru(model, x_te, s_te, threads=cfg.threads)))

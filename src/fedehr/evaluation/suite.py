@@ -193,16 +193,23 @@ def _beta(inp: Inputs) -> Result:
     return {"value": res["beta_recall"], "levels": res["levels"], "curve": res["recall_curve"]}
 
 
+def _auc_result(auc: float) -> Result:
+    if math.isnan(auc):
+        return {"value": None, "skipped": "every training stay of one class duplicates a held-out stay of the other "
+                                          "(see exact_duplicates)"}
+    return {"value": auc}
+
+
 def _disc_gbm(inp: Inputs) -> Result:
-    return {"value": disc.discriminative_auroc_gbm(inp.x_train, inp.x_syn, inp.rng("disc_gbm"),
-                                                    real_keys=inp.keys_train, syn_keys=inp.keys_syn)}
+    return _auc_result(disc.discriminative_auroc_gbm(inp.x_train, inp.x_syn, inp.rng("disc_gbm"),
+                                                     real_keys=inp.keys_train, syn_keys=inp.keys_syn))
 
 
 def _disc_gru(inp: Inputs) -> Result:
     (xr, sr), (xs, ss) = inp.sequences(inp.train), inp.sequences(inp.syn)
-    return {"value": disc.discriminative_auroc_gru(xr, sr, xs, ss, inp.rng("disc_gru"),
-                                                    cfg=inp.settings.gru_discriminator, real_keys=inp.keys_train,
-                                                    syn_keys=inp.keys_syn)}
+    return _auc_result(disc.discriminative_auroc_gru(xr, sr, xs, ss, inp.rng("disc_gru"),
+                                                     cfg=inp.settings.gru_discriminator, real_keys=inp.keys_train,
+                                                     syn_keys=inp.keys_syn))
 
 
 # ---- utility adapters ------------------------------------------------------------------------------------------
@@ -484,7 +491,8 @@ def evaluate(train: Cohort, test: Cohort, synthetic: Cohort, *, seed: int = 0, l
     pooled = {name: _run(spec, inp, artifacts, timings) for name, spec in selected.items()}
     summary = [{"name": n, "family": s.family, "value": _clean(pooled[n].get("value")), "direction": s.direction,
                 "best": s.best, "threshold": s.threshold, "passed": s.passed(_clean(pooled[n].get("value"))),
-                "description": s.description} for n, s in selected.items()]
+                "description": s.description, **({"skipped": pooled[n]["skipped"]} if "skipped" in pooled[n] else {})}
+               for n, s in selected.items()]
     sites = _per_site(train, test, synthetic, inp, pooled, selected, timings) if per_site else {}
     metrics = {
         "summary": summary,

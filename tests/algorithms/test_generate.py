@@ -1,0 +1,130 @@
+"""Sampling from a saved run: a valid Cohort, ranges respected, conditions honoured, reproducible, no pickles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_cohort
+from fedehr.algorithms import inprocess
+from fedehr.algorithms.generate import SYNTHETIC_ID_BASE, calibrate_mask, load_generator, sample
+from fedehr.algorithms.registry import make_workflow
+from fedehr.config import load_config
+from fedehr.data.catalogue import static_specs, temporal_specs
+from fedehr.data.schema import Schema
+from fedehr.errors import InputError
+
+TINY = ["device=cpu", "eval_sample=0", "ae.hidden=[8, 4]", "ae.latent=3", "tcvae.hidden=8", "tcvae.latent=3",
+        "tcvae.cond_dim=4", "tcvae.time_dim=4", "stage1.rounds=1", "stage1.batch_size=16", "stage2.rounds=2",
+        "stage2.batch_size=16", "matching.sweeps=1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors run fastest (and reproducibly) on one thread, also when pytest-xdist shares the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _train(method, out):
+    schema = Schema(temporal=temporal_specs(["HR", "MAP", "Temp", "Lactate", "MechVent"]),
+                    static=static_specs(["Age", "Gender"]), hours=6, bin_hours=1, source="test")
+    train = make_tiny_cohort(schema, n=80, seed=0, n_sites=2)
+    cfg = load_config(None, [*TINY, f"method={method}"])
+    wf = make_workflow(cfg)
+    torch.set_num_threads(1)
+    inprocess.run(wf, inprocess.sites_for(cfg, train))
+    wf.save(out)
+    return train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "fedehr-gen"
+    return out, _train("fedehr-gen", out)
+
+
+def test_bundle_is_data_not_code(run_dir):
+    out, _ = run_dir
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["config.toml", "model/ae.safetensors", "model/tcvae.safetensors", "normaliser.json",
+                     "sampling.json", "schema.json"]
+
+
+def test_sample_is_a_valid_cohort(run_dir):
+    out, train = run_dir
+    syn = sample(out, 400, seed=3)
+    sch = syn.schema
+    assert sch.differences(train.schema) == [] and len(syn) == 400
+    assert set(syn.sites) == {"synthetic"} and syn.meta["synthetic"] is True and syn.meta["generator"] == "fedehr-gen"
+    assert len(np.unique(syn.stay_ids)) == 400 and syn.stay_ids.min() >= SYNTHETIC_ID_BASE
+    assert not np.isin(syn.stay_ids, train.stay_ids).any()
+    np.testing.assert_array_equal(np.isnan(syn.values), syn.counts == 0)  # mask = counts > 0
+    for j, spec in enumerate(sch.temporal):
+        v = syn.values[:, :, j]
+        v = v[np.isfinite(v)]
+        assert v.size > 0 and v.min() >= spec.valid_min and v.max() <= spec.valid_max, spec.name
+        if spec.kind == "binary":
+            assert set(np.unique(v)) <= {0.0, 1.0}
+    assert set(np.unique(syn.labels)) <= {0.0, 1.0}
+    gender = syn.static[:, sch.static_index("Gender")]
+    assert set(np.unique(gender[np.isfinite(gender)])) <= {0.0, 1.0}
+    age = syn.static[:, sch.static_index("Age")]
+    assert np.nanmin(age) >= 0 and np.nanmax(age) <= 120
+    assert syn.counts.max() >= 1 and syn.counts.dtype == np.uint16
+
+
+def test_sampling_is_reproducible(run_dir):
+    out, _ = run_dir
+    gen = load_generator(out)
+    a, b, c = gen.sample(50, seed=1), gen.sample(50, seed=1), gen.sample(50, seed=2)
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    assert not np.array_equal(np.nan_to_num(a.values), np.nan_to_num(c.values))
+    # Batching does not change the draw count, only how it is split.
+    assert len(gen.sample(70, seed=1, batch_size=16)) == 70
+
+
+def test_labels_and_conditions(run_dir):
+    out, train = run_dir
+    gen = load_generator(out)
+    base = gen.sample(2000, seed=0).labels.mean()
+    assert base == pytest.approx(float(np.nanmean(train.labels)), abs=0.04)  # federated label marginal
+    assert gen.sample(2000, seed=0, prevalence=0.6).labels.mean() == pytest.approx(0.6, abs=0.04)
+    assert gen.sample(100, seed=0, prevalence=0.0).labels.sum() == 0
+    assert (gen.sample(100, seed=0, condition={"mortality": 1}).labels == 1).all()
+    aged = gen.sample(100, seed=0, condition={"Age": 70.0, "Gender": 0})
+    assert (aged.static[:, 0] == 70.0).all() and (aged.static[:, 1] == 0.0).all()
+    with pytest.raises(InputError, match="unknown condition"):
+        gen.sample(5, condition={"Height": 170})
+    with pytest.raises(InputError, match="valid range"):
+        gen.sample(5, condition={"Age": 300})
+    with pytest.raises(InputError, match="both a prevalence"):
+        gen.sample(5, condition={"mortality": 0}, prevalence=0.5)
+    with pytest.raises(InputError, match="prevalence"):
+        gen.sample(5, prevalence=1.5)
+
+
+def test_mask_calibration_hits_its_targets(run_dir):
+    out, _ = run_dir
+    gen = load_generator(out)
+    gen.sampling.pop("mask_bias", None)
+    target = np.array([0.9, 0.5, 0.2, 0.05, 0.3])
+    gen.sampling["mask_bias"] = calibrate_mask(gen, target, n=2000, seed=0).tolist()
+    rate = np.isfinite(gen.sample(4000, seed=5).values).mean(axis=(0, 1))
+    np.testing.assert_allclose(rate, target, atol=0.02)
+
+
+def test_direct_baseline_bundle_has_no_autoencoder(tmp_path):
+    _train("fedavg-direct", tmp_path / "d")
+    assert not (tmp_path / "d" / "model" / "ae.safetensors").exists()
+    syn = sample(tmp_path / "d", 30, seed=0)
+    np.testing.assert_array_equal(np.isnan(syn.values), syn.counts == 0)
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(InputError, match="not a fedehr run directory"):
+        load_generator(tmp_path)

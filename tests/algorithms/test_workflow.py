@@ -1,0 +1,224 @@
+"""The FedEHR-Gen workflow family end to end through the in-process driver: every method, resume, failures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_cohort
+from fedehr.algorithms import inprocess
+from fedehr.algorithms.fedehr_gen import build_plan
+from fedehr.algorithms.protocol import Reply, SiteContext, Task
+from fedehr.algorithms.registry import METHODS, make_workflow
+from fedehr.algorithms.site import beta_schedule, count_histogram, handle, label_patterns, seed_for
+from fedehr.config import load_config
+from fedehr.data.catalogue import static_specs, temporal_specs
+from fedehr.data.schema import Schema
+from fedehr.errors import FedEHRError
+
+TINY = ["device=cpu", "eval_sample=0", "ae.hidden=[8, 4]", "ae.latent=3", "tcvae.hidden=8", "tcvae.latent=3",
+        "tcvae.cond_dim=4", "tcvae.time_dim=4", "stage1.rounds=2", "stage1.local_epochs=1", "stage1.batch_size=16",
+        "stage2.rounds=2", "stage2.batch_size=16", "matching.sweeps=2", "local_site=site1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors run fastest (and reproducibly) on one thread, also when pytest-xdist shares the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cohorts():
+    schema = Schema(temporal=temporal_specs(["HR", "MAP", "Temp", "Lactate", "MechVent"]),
+                    static=static_specs(["Age", "Gender"]), hours=6, bin_hours=1, source="test")
+    return make_tiny_cohort(schema, n=90, seed=0, n_sites=3), make_tiny_cohort(schema, n=60, seed=1, n_sites=3)
+
+
+def _run(method, cohorts, extra=(), handler=handle):
+    cfg = load_config(None, [*TINY, f"method={method}", *extra])
+    wf = make_workflow(cfg)
+    sites = inprocess.sites_for(cfg, *cohorts)
+    errors: dict[str, list[str]] = {}
+    inprocess.run(wf, sites, handler=handler, errors=errors)
+    return wf, errors
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_end_to_end(method, cohorts):
+    wf, errors = _run(method, cohorts)
+    assert not errors and wf.done and wf.next_task() is None
+    m = wf.metrics()
+    expected_sites = {"centralized": ["pooled"], "local": ["site1"]}.get(method, ["site0", "site1", "site2"])
+    assert m["sites"] == expected_sites
+    tc = [e for e in m["rounds"] if e["action"] == "tcvae-train"]
+    assert len(tc) == 2 and all(sorted(e["weights"]) == expected_sites for e in tc)
+    assert all(abs(sum(e["weights"].values()) - 1) < 1e-9 for e in tc)
+    assert all(np.isfinite(list(e["loss"].values())).all() for e in tc)
+    actions = {e["action"] for e in m["rounds"]}
+    assert ("ae-retrain" in actions) == (method == "fedehr-gen")
+    assert ("ae-train" in actions) == (method != "fedavg-direct")
+    if method == "fedehr-gen":
+        matched = [e["matching"] for e in m["rounds"] if "matching" in e]
+        assert [x["layer"] for x in matched[:5]] == ["enc.0", "enc.1", "enc.2", "dec.0", "dec.1"]
+        assert all(x["cost_after"] <= x["cost_before"] + 1e-9 for x in matched)
+        assert m["aggregation"]["stage2"] == "divergence-softmax"
+    else:
+        assert all(e["rule"] == "fedavg" for e in tc)
+    syn = wf.generator().sample(20, seed=0)
+    assert syn.values.shape == (20, 6, 5) and set(syn.sites) == {"synthetic"}
+    json.dumps(m)  # metrics are JSON-able
+
+
+def test_fedavg_matches_fedehr_gen_epoch_budget(cohorts):
+    """FedAvg-style stage 1 spends as many local epochs per round as FedEHR-Gen (train + retrains)."""
+    wf, _ = _run("fedavg", cohorts, ["matching.retrain_epochs=2"])
+    assert wf.metrics()["aggregation"]["stage1_epochs_per_round"] == 1 + 5 * 2
+    cfg = load_config(None, [*TINY, "matching.retrain_epochs=0"])
+    assert [k[0] for k in build_plan(cfg)].count("ae-match") == 2 * 5
+
+
+ALLOWED = ("ae/", "tcvae/", "opt/", "stats/")
+ALLOWED_EXACT = {"count_hist", "label_patterns", "count", "sum", "sumsq", "post_mean", "post_var"}
+
+
+@pytest.mark.parametrize("method", ["fedehr-gen", "centralized"])
+def test_replies_carry_only_weights_and_aggregates(method, cohorts):
+    """No reply holds per-stay arrays: only model weights, optimiser moments and aggregate statistics."""
+    seen: list[Reply] = []
+
+    def spy(task: Task, ctx: SiteContext) -> Reply:
+        r = handle(task, ctx)
+        seen.append(r)
+        return r
+
+    _run(method, cohorts, handler=spy)
+    names = {k for r in seen for k in r.arrays}
+    assert names and all(k.startswith(ALLOWED) or k in ALLOWED_EXACT for k in names), names
+    n_sites = {30, 90}  # stays per site / pooled
+    for r in seen:
+        for k, v in r.arrays.items():
+            if not k.startswith(("ae/", "tcvae/", "opt/")):
+                assert not set(np.shape(v)) & n_sites, (k, np.shape(v))
+
+
+def _drive(wf, sites, steps=None):
+    """Run ``steps`` tasks (all when None) of ``wf`` over ``sites``; returns the number run."""
+    k = 0
+    while (steps is None or k < steps) and (task := wf.next_task()) is not None:
+        wanted = wf.participants()
+        replies = [handle(task.for_site(s), c) for s, c in sites.items() if wanted is None or s in wanted]
+        wf.receive(task, replies, [])
+        k += 1
+    return k
+
+
+def _through_disk(state):
+    """What a runtime's checkpoint does: arrays copied, the rest through JSON."""
+    return {k: (np.array(v) if k != "meta" else json.loads(json.dumps(v))) for k, v in state.items()}
+
+
+@pytest.mark.parametrize(("method", "stop"), [("fedehr-gen", 5), ("fedehr-gen", 13), ("centralized", 3)])
+def test_resume_equals_an_uninterrupted_run(method, stop, cohorts):
+    cfg = load_config(None, [*TINY, f"method={method}"])
+    full = make_workflow(cfg)
+    _drive(full, inprocess.sites_for(cfg, *cohorts))
+
+    first = make_workflow(cfg)
+    assert _drive(first, inprocess.sites_for(cfg, *cohorts), stop) == stop
+    resumed = make_workflow(cfg)
+    resumed.load_state_dict(_through_disk(first.state_dict()))
+    assert resumed.step == first.step
+    _drive(resumed, inprocess.sites_for(cfg, *cohorts))  # fresh site contexts: nothing cached survives
+    for name in ("ae", "tcvae"):
+        a, b = getattr(full, name), getattr(resumed, name)
+        assert a is not None and sorted(a) == sorted(b)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}/{k}")
+    assert full.sampling == resumed.sampling
+    assert [e["action"] for e in full.history] == [e["action"] for e in resumed.history]
+
+
+def test_resume_refuses_another_configuration(cohorts):
+    cfg = load_config(None, [*TINY, "method=fedavg"])
+    wf = make_workflow(cfg)
+    _drive(wf, inprocess.sites_for(cfg, *cohorts), 3)
+    other = make_workflow(load_config(None, [*TINY, "method=fedavg", "stage2.rounds=5"]))
+    with pytest.raises(FedEHRError, match="stage2"):
+        other.load_state_dict(wf.state_dict())
+    same_but_device = make_workflow(load_config(None, [*TINY, "method=fedavg", "round_timeout_s=5"]))
+    same_but_device.load_state_dict(wf.state_dict())  # runtime-only settings may change
+
+
+def _failing(site: str, action: str, after_step: int = 0):
+    def handler(task: Task, ctx: SiteContext) -> Reply:
+        if ctx.site == site and task.action == action and int(task.config["step"]) >= after_step:
+            raise RuntimeError(f"{site} is down")
+        return handle(task, ctx)
+
+    return handler
+
+
+def test_a_failing_site_is_recorded_and_the_run_continues(cohorts):
+    plan = build_plan(load_config(None, [*TINY, "method=fedehr-gen"]))
+    last_tcvae = max(i for i, k in enumerate(plan) if k[0] == "tcvae-train")
+    wf, errors = _run("fedehr-gen", cohorts, ["min_sites=2"], handler=_failing("site1", "tcvae-train", last_tcvae))
+    assert wf.done and "site1 is down" in errors["site1"][0]
+    last = [e for e in wf.metrics()["rounds"] if e["action"] == "tcvae-train"][-1]
+    assert last["missing"] == ["site1"] and sorted(last["weights"]) == ["site0", "site2"]
+    # A site that fails a matching retrain keeps its matched (not retrained) layers; the run goes on.
+    wf2, errors2 = _run("fedehr-gen", cohorts, ["min_sites=2"], handler=_failing("site2", "ae-retrain"))
+    assert wf2.done and errors2["site2"]
+    retrains = [e for e in wf2.metrics()["rounds"] if e["action"] == "ae-retrain"]
+    assert retrains and all(e["missing"] == ["site2"] for e in retrains)
+
+
+def test_too_few_sites_end_the_run_with_a_clear_error(cohorts):
+    with pytest.raises(FedEHRError, match=r"fewer than the 3 required \(min_sites\); missing: site1"):
+        _run("fedavg", cohorts, ["min_sites=3"], handler=_failing("site1", "stats"))
+
+
+def test_sites_must_share_one_schema(cohorts):
+    train, _ = cohorts
+    cfg = load_config(None, [*TINY, "method=fedavg"])
+    sites = inprocess.sites_for(cfg, train)
+    other = Schema(temporal=temporal_specs(["HR", "MAP", "Temp", "Lactate"]), static=static_specs(["Age", "Gender"]),
+                   hours=6, bin_hours=1)
+    sites["site2"].train = make_tiny_cohort(other, n=20, seed=3, n_sites=1)
+    with pytest.raises(FedEHRError, match=r"do not share one schema.*site2.*MechVent"):
+        inprocess.run(make_workflow(cfg), sites)
+
+
+def test_site_helpers_by_hand():
+    counts = np.zeros((2, 3, 2), dtype=np.uint16)
+    counts[0, :, 0] = [1, 2, 0]
+    counts[1, :, 0] = [5, 1, 1]
+    counts[1, 0, 1] = 2
+    np.testing.assert_array_equal(count_histogram(counts, 3), [[3, 1, 1], [0, 1, 0]])  # 5 is clipped to 3
+    labels = np.array([[1, 0], [1, 1], [0, 0], [np.nan, 1], [1, 0]], dtype=np.float32)
+    np.testing.assert_array_equal(label_patterns(labels), [1, 2, 0, 1])  # bit j = label j; NaN rows skipped
+    cfg = load_config(None, ["tcvae.beta=2", "tcvae.beta_warmup=0.5"])
+    assert [beta_schedule(cfg, e, 4) for e in range(4)] == [1.0, 2.0, 2.0, 2.0]
+    ctx = SiteContext("a", None, seed=1)  # type: ignore[arg-type]
+    t0, t1 = Task("x", {"round": 0}), Task("x", {"round": 1})
+    assert seed_for(ctx, t0) != seed_for(ctx, t1) != seed_for(SiteContext("b", None, seed=1), t1)  # type: ignore[arg-type]
+    with pytest.raises(FedEHRError, match="unknown task action"):
+        handle(Task("dance"), ctx)
+
+
+def test_evaluate_round_returns_only_site_metrics(cohorts):
+    """The last task ships a synthetic sample; each site scores it on its own test split, metrics only."""
+    wf, errors = _run("centralized", cohorts, ["eval_sample=60"])
+    assert not errors
+    ev = wf.metrics()["evaluation"]["pooled"]
+    assert ev["n_synthetic"] == 60 and ev["n_test"] == 60
+    for key in ("discriminative_gbm", "membership_auc", "dcr_ratio", "tstr_auroc_gbm"):
+        assert isinstance(ev[key], float) and np.isfinite(ev[key]), key
+    assert 0.0 <= ev["discriminative_gbm"] <= 1.0
+    last = wf.metrics()["rounds"][-1]
+    assert last["action"] == "evaluate"
