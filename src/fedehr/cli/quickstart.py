@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -21,6 +23,42 @@ def _fresh_dir(out: Path) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).write_text("made by fedehr quickstart; safe to delete\n")
+
+
+def run_info(run_dir: Path) -> dict[str, Any]:
+    """What the report shows about a training run: method, time, bytes, rounds, the sites' own evaluation."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    rt, wf = m.get("runtime", {}), m.get("workflow", {})
+    info: dict[str, Any] = {"method": m.get("config", {}).get("method"), "training_time_s": rt.get("wall_s")}
+    if rt.get("kind") != "inprocess":
+        info["bytes_communicated"] = int(rt.get("bytes_sent", 0)) + int(rt.get("bytes_received", 0))
+        info["rounds"] = [{"round": r.get("round"), "label": r.get("label"), "wall_s": r.get("wall_s"),
+                           "replied": ",".join(r.get("replied", [])), "missing": ",".join(r.get("missing", []))}
+                          for r in rt.get("rounds", [])]
+    if wf.get("evaluation"):
+        info["federated_evaluation"] = wf["evaluation"]
+    return info
+
+
+def evaluate_run(train: Any, test: Any, synthetic: Any, out: Path, *, run_dir: Path | None, seed: int,
+                 title: str) -> Path:
+    """Evaluate, then write metrics.json, artifacts.npz and report.html atomically into ``out``."""
+    import numpy as np
+
+    from fedehr.cli.evaluate import print_summary
+    from fedehr.evaluation import evaluate
+    from fedehr.io_utils import atomic_dir
+    from fedehr.reporting import write_report
+
+    ev = evaluate(train, test, synthetic, seed=seed)
+    info = run_info(run_dir) if run_dir is not None else None
+    with atomic_dir(out) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps({**ev.metrics, "run": info}, indent=2, allow_nan=False))
+        np.savez(tmp / "artifacts.npz", **ev.artifacts)
+        write_report(tmp / "report.html", evaluation=ev, train=train, test=test, synthetic=synthetic, title=title,
+                     run_info=info, seed=seed)
+    print_summary(ev.metrics["summary"])
+    return out / "report.html"
 
 
 def quickstart(
@@ -64,10 +102,8 @@ def quickstart(
     save_cohort(synthetic, out / "synthetic")
 
     console.rule("[bold]4/5 evaluation: fidelity, utility, privacy (per site and pooled)")
-    from fedehr.cli.evaluate import run_evaluation
-
-    report = run_evaluation(train, test, synthetic, out / "evaluation", seed=seed,
-                            title=f"fedehr quickstart: {method} on simulated hospitals", run_dir=run_dir)
+    report = evaluate_run(train, test, synthetic, out / "evaluation", run_dir=run_dir, seed=seed,
+                          title=f"fedehr quickstart: {method} on simulated hospitals (SIMULATED data)")
 
     console.rule("[bold]5/5 done")
     console.print(f"finished in {time.perf_counter() - t_start:.0f} s. The data are SIMULATED (fedehr's "
