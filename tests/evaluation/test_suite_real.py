@@ -63,7 +63,11 @@ def test_real_vs_real_scores_like_a_perfect_generator(real):
     assert _value(ev, "discriminative_gbm") <= 0.56
     assert _value(ev, "discriminative_gru") <= 0.56
     util = ev.metrics["pooled"]["utility"]["utility_gbm"]["pooled"]
-    assert abs(util["tstr"]["auroc"] - util["trtr"]["auroc"]) <= 0.02
+    # Two different real training sets of 1,600 stays give models whose test AUROCs differ by sampling noise
+    # alone: over 12 random halvings the TSTR - TRTR gap had SD 0.017-0.02 (|gap| > 0.02 in 4 of 12), so the
+    # check is "no significant difference" (paired-bootstrap 95 % CI covers 0) and |gap| <= 0.05 (~2.5 SD).
+    assert abs(util["tstr"]["auroc"] - util["trtr"]["auroc"]) <= 0.05
+    assert util["auroc_gap_ci"][0] <= 0.0 <= util["auroc_gap_ci"][1]
     assert util["trtr"]["auroc"] > 0.75  # the task is learnable: the comparison means something
     assert _value(ev, "membership_auc") <= 0.55
     assert 0.85 <= _value(ev, "dcr_ratio") <= 1.15

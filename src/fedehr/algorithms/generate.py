@@ -29,7 +29,7 @@ from fedehr.data.schema import Schema
 from fedehr.data.transforms import Normaliser
 from fedehr.errors import InputError
 from fedehr.models.autoencoder import Autoencoder, build_autoencoder
-from fedehr.models.encoding import Layout, sample_heads, to_arrays
+from fedehr.models.encoding import Layout, NumericInverse, sample_heads, to_arrays, to_tensors
 from fedehr.models.tcvae import TCVAE, build_for, latent_gaussian
 from fedehr.models.tcvae import sample as tcvae_sample
 from fedehr.training.checkpoint import load_bundle, load_numpy_state
@@ -176,6 +176,16 @@ class SyntheticGenerator:
                       meta={"synthetic": True, "generator": self.cfg.method, "run": self.run, "seed": int(seed),
                             "condition": dict(condition or {}), "prevalence": prevalence})
 
+    def _post(self, device: torch.device) -> tuple[NumericInverse, torch.Tensor, torch.Tensor]:
+        """Inverse normalisation and valid ranges of the temporal features, on ``device`` (cached)."""
+        key = str(device)
+        if getattr(self, "_post_cache", (None,))[0] != key:
+            lay = self.layout
+            lo = torch.tensor([s.valid_min for s in self.schema.temporal], dtype=torch.float32, device=device)
+            hi = torch.tensor([s.valid_max for s in self.schema.temporal], dtype=torch.float32, device=device)
+            self._post_cache = (key, (NumericInverse(self.normaliser.temporal, lay.temporal, device), lo, hi))
+        return self._post_cache[1]
+
     def _count_cdf(self, device: str) -> torch.Tensor:
         pmf = np.asarray(self.sampling["count_pmf"], dtype=np.float64)  # (F, K) P(count = k + 1 | observed)
         cdf = np.cumsum(pmf, axis=1)
@@ -210,16 +220,20 @@ class SyntheticGenerator:
         out, static_draws = self._heads(y, gen, hook)
         draws = sample_heads(out, lay.temporal, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary,
                              numeric_mode=sc.numeric)
-        values = to_arrays(draws, lay.temporal, self.normaliser.inverse_transform)
-        lo = np.array([s.valid_min for s in self.schema.temporal], dtype=np.float32)
-        hi = np.array([s.valid_max for s in self.schema.temporal], dtype=np.float32)
-        np.clip(values, lo, hi, out=values)                          # NaN stays NaN
-        # counts: inverse-CDF draw per feature, (F, B·T) rows against the (F, K) CDF.
-        b, t, f = out.shape[0], self.schema.n_bins, len(self.schema.temporal)
-        u = torch.rand((f, b * t), generator=gen, device=out.device)
-        k = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1) + 1  # (F, B·T) counts 1..K
-        counts = k.T.reshape(b, t, f).to(torch.int32).cpu().numpy().astype(np.uint16)
-        counts[np.isnan(values)] = 0
+        values, observed = to_tensors(draws, lay.temporal, *self._post(out.device))
+        # counts: inverse-CDF draw per cell from the feature's federated count distribution, 0 where unobserved.
+        b = out.shape[0]
+        u = torch.rand(values.shape, generator=gen, device=out.device)           # (B, T, F)
+        if cdf.shape[1] <= 8:  # small support: K − 1 comparisons beat a binary search
+            k = torch.ones(values.shape, dtype=torch.int32, device=out.device)
+            for j in range(cdf.shape[1] - 1):
+                k += (u > cdf[:, j]).to(torch.int32)
+        else:
+            k = torch.searchsorted(cdf, u.reshape(b, -1, cdf.shape[0]).permute(2, 0, 1).reshape(cdf.shape[0], -1),
+                                   right=True).clamp_(max=cdf.shape[1] - 1) + 1    # (F, B·T)
+            k = k.reshape(cdf.shape[0], b, -1).permute(1, 2, 0).to(torch.int32)
+        counts = (k * observed).to(torch.int32).cpu().numpy().astype(np.uint16)
+        values = values.cpu().numpy()
         if self.schema.static:
             static = to_arrays(static_draws, lay.static, self.normaliser.inverse_transform_static)
             slo = np.array([s.valid_min for s in self.schema.static], dtype=np.float32)

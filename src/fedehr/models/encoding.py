@@ -241,6 +241,35 @@ def draws_to_encoding(d: dict[str, torch.Tensor], b: Blocks) -> torch.Tensor:
     return torch.cat(parts, -1)
 
 
+class NumericInverse:
+    """Float32 torch version of the Normaliser's inverse for the numeric features of one group, in block order:
+    x = exp(z s + m) + a for log-normalised features, z s + m otherwise (tested against Normaliser)."""
+
+    def __init__(self, columns, b: Blocks, device: str | torch.device = "cpu") -> None:
+        idx = list(b.num)
+        origin = np.asarray(columns.origin, dtype=np.float64)[idx]
+        as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)  # noqa: E731
+        self.scale, self.shift = as_t(np.asarray(columns.scale)[idx]), as_t(np.asarray(columns.shift)[idx])
+        self.log = torch.as_tensor(np.isfinite(origin), device=device)
+        self.origin = as_t(np.where(np.isfinite(origin), origin, 0.0))
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        g = z * self.scale + self.shift
+        return torch.where(self.log, torch.exp(g) + self.origin, g)
+
+
+def to_tensors(d: dict[str, torch.Tensor], b: Blocks, inverse: NumericInverse, lo: torch.Tensor, hi: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws → raw values (..., n) float32 in schema order, clipped to [lo, hi], NaN where not observed; and the
+    observation mask (..., n) bool. Stays on the draws' device (one transfer at the end)."""
+    parts = [inverse(d["num"]), d["bin"].to(d["num"].dtype), d["cat"].to(d["num"].dtype)]
+    back = torch.as_tensor(np.argsort(b.order), device=d["num"].device)  # block order → schema order
+    values = torch.cat(parts, -1).index_select(-1, back)
+    observed = d["observed"].index_select(-1, back)
+    values = torch.clamp(values, lo, hi)
+    return torch.where(observed, values, torch.full_like(values, float("nan"))), observed
+
+
 def to_arrays(d: dict[str, torch.Tensor], b: Blocks, inverse) -> np.ndarray:
     """Draws → (..., n) float32 raw values in schema order, NaN where not observed.
 
