@@ -1,13 +1,16 @@
 """Sampling throughput of the FedEHR-Gen generator (stays per second), quickstart-sized and paper-scale networks.
 
 Usage: .venv/bin/python benchmarks/bench_sampling.py [--json PATH] [--n 20000] [--repeats 3] [--device cpu]
+                                                     [--threads 1 2]
 
 Builds a generator for a 48 h × 43-feature schema (every temporal variable of the catalogue, 4 static) with
 randomly initialised networks (throughput does not depend on the weights' values: every stage is dense), a
 normaliser and count distribution fitted on a random cohort, then times ``SyntheticGenerator.sample(n)``
 end to end: labels, TCVAE decoding, AE decoding, head sampling, inverse normalisation, clipping, counts and the
-Cohort. Reported: median seconds and stays/s per configuration, torch threads, CPU count. Target: >= 20,000
-stays/s for configs/quickstart.toml on a 2-core CPU. Exit status 1 if the quickstart target is missed.
+Cohort. Reported per configuration and torch thread count: median wall seconds, stays/s (wall) and stays per
+CPU-second (process time), with the 1-minute load average, because other processes on a small machine slow
+the wall-clock figure down. Target: >= 20,000 stays/s for configs/quickstart.toml on a 2-core CPU. Exit status
+1 if the quickstart target is missed at every thread count.
 """
 
 from __future__ import annotations
@@ -69,22 +72,25 @@ def build(config: Path, device: str):
     return build_generator(cfg, schema, norm, {"ae": ae, "tcvae": tc}, sampling), schema
 
 
-def measure(config: Path, n: int, repeats: int, device: str) -> dict[str, object]:
+def measure(config: Path, n: int, repeats: int, device: str, threads: int) -> dict[str, object]:
+    torch.set_num_threads(threads)  # an entry point may set this; the library never does
     gen, schema = build(config, device)
     gen.sample(min(n, 2048), seed=99, device=device)  # warm-up (allocators, kernels)
-    times = []
+    times, cpu = [], []
     for r in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         c = gen.sample(n, seed=r, device=device)
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     assert len(c) == n
     med = statistics.median(times)
     n_params = sum(p.numel() for p in gen.tcvae.parameters()) + sum(p.numel() for p in gen.ae.parameters())
-    return {"config": str(config.relative_to(REPO)), "stays": n, "hours": schema.n_bins,
-            "features": len(schema.temporal), "parameters": n_params, "seconds_median": med,
-            "seconds_all": times, "stays_per_s": n / med}
+    return {"config": str(config.relative_to(REPO)), "threads": threads, "stays": n, "hours": schema.n_bins,
+            "features": len(schema.temporal), "parameters": n_params, "seconds_median": med, "seconds_all": times,
+            "stays_per_s": n / med, "stays_per_cpu_s": n / statistics.median(cpu),
+            "load_avg_1m": os.getloadavg()[0]}
 
 
 def main() -> int:
@@ -93,22 +99,22 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    rows = [measure(REPO / "configs" / name, args.n, args.repeats, args.device)
-            for name in ("quickstart.toml", "fedehr-gen.toml")]
-    out = {"device": args.device, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-           "machine": platform.processor() or platform.machine(), "load_avg_1m": os.getloadavg()[0],
+    rows = [measure(REPO / "configs" / name, args.n, args.repeats, args.device, t)
+            for name in ("quickstart.toml", "fedehr-gen.toml") for t in args.threads]
+    out = {"device": args.device, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
            "target_stays_per_s_quickstart": TARGET, "results": rows}
     for r in rows:
-        print(f"{r['config']:28s} {r['stays']} stays in {r['seconds_median']:.2f} s -> "
-              f"{r['stays_per_s']:,.0f} stays/s ({r['parameters']:,} parameters)")
-    print(f"(load average {out['load_avg_1m']:.1f} on {out['cpus']} CPUs; other processes slow this down)")
+        print(f"{r['config']:26s} {r['threads']} thread(s): {r['stays']} stays in {r['seconds_median']:.2f} s -> "
+              f"{r['stays_per_s']:,.0f} stays/s, {r['stays_per_cpu_s']:,.0f} stays per CPU-s "
+              f"({r['parameters']:,} parameters, load {r['load_avg_1m']:.1f} on {out['cpus']} CPUs)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))
-    ok = args.device != "cpu" or rows[0]["stays_per_s"] >= TARGET
-    return 0 if ok else 1
+    best = max(r["stays_per_s"] for r in rows if r["config"].endswith("quickstart.toml"))
+    return 0 if args.device != "cpu" or best >= TARGET else 1
 
 
 if __name__ == "__main__":

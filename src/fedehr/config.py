@@ -198,6 +198,8 @@ class SamplingConfig(_Section):
                               "observed fraction equals the federated one (aggregate counts from the stats round)")
     latent_noise: float = _f(0.5, "scale of the TCVAE's learned per-step noise σ̂ added to latent codes before "
                              "the AE decodes them (0: decode the mean trajectory)", min=0.0)
+    noise_rho: float = _f(0.9, "lag-1 autocorrelation of the sampling noise along time (latent and numeric; AR(1)); "
+                          "0 draws it independently per bin", min=0.0, max=0.99)
     batch_size: int = _f(8192, "stays decoded per batch", min=1)
     max_count: int = _f(32, "largest per-bin measurement count tracked by the count distribution", min=1,
                         max=65535)

@@ -24,6 +24,7 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
                          file=out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs get the user's usual permissions
     try:
         yield tmp
     except BaseException:
@@ -46,6 +47,7 @@ def atomic_file(out: str | Path, mode: str = "w") -> Iterator[object]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600
     try:
         with open(tmp, mode) as fh:
             yield fh
@@ -53,3 +55,9 @@ def atomic_file(out: str | Path, mode: str = "w") -> Iterator[object]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

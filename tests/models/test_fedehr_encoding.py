@@ -127,3 +127,15 @@ def test_torch_inverse_matches_the_normaliser(mixed):
     expect = norm.inverse_transform(z)[..., list(b.num)]
     got = NumericInverse(norm.temporal, b)(torch.as_tensor(z[..., list(b.num)])).numpy()
     np.testing.assert_allclose(got, expect, rtol=2e-5, atol=1e-4)
+
+
+def test_ar1_noise_has_the_requested_autocorrelation():
+    from fedehr.models.encoding import ar1_noise
+
+    g = torch.Generator().manual_seed(0)
+    for rho in (0.0, 0.6, 0.9):
+        e = ar1_noise((4000, 24, 3), rho, generator=g).numpy()
+        lag1 = np.mean(e[:, 1:] * e[:, :-1]) / np.mean(e * e)
+        assert lag1 == pytest.approx(rho, abs=0.02)
+        assert e.std() == pytest.approx(1.0, abs=0.02)  # stationary: unit variance at every step
+    assert ar1_noise((5, 2), 0.9, generator=g).shape == (5, 2)  # no time axis: plain normal draws

@@ -29,7 +29,7 @@ from fedehr.data.schema import Schema
 from fedehr.data.transforms import Normaliser
 from fedehr.errors import InputError
 from fedehr.models.autoencoder import Autoencoder, build_autoencoder
-from fedehr.models.encoding import Layout, NumericInverse, sample_heads, to_arrays, to_tensors
+from fedehr.models.encoding import Layout, NumericInverse, ar1_noise, sample_heads, to_arrays, to_tensors
 from fedehr.models.tcvae import TCVAE, build_for, latent_gaussian
 from fedehr.models.tcvae import sample as tcvae_sample
 from fedehr.training.checkpoint import load_bundle, load_numpy_state
@@ -202,15 +202,15 @@ class SyntheticGenerator:
         if self.ae is not None:
             h, logvar = latent_gaussian(out, self.cfg.tcvae.min_sigma)  # (B, T, d) each
             if sc.latent_noise > 0:
-                h = h + sc.latent_noise * torch.exp(0.5 * logvar) * torch.randn(h.shape, generator=gen, device=h.device)
+                eps = ar1_noise(tuple(h.shape), sc.noise_rho, generator=gen, device=h.device)
+                h = h + sc.latent_noise * torch.exp(0.5 * logvar) * eps
             mean = torch.as_tensor(self.sampling["latent_mean"], dtype=out.dtype, device=out.device)
             std = torch.as_tensor(self.sampling["latent_std"], dtype=out.dtype, device=out.device)
             out = self.ae.decode(h * std + mean)                     # (B, T, D_out) head outputs
         bias = self.sampling.get("mask_bias")
         if bias is not None:
             b = torch.as_tensor(np.asarray(bias, dtype=np.float32)[lay.temporal.order], device=out.device)
-            out = torch.cat([out[..., : lay.temporal.s_mask.start], out[..., lay.temporal.s_mask] + b,
-                             out[..., lay.temporal.s_mask.stop:]], -1)
+            out[..., lay.temporal.s_mask] += b  # out is a fresh decoder output (no autograd under no_grad)
         return out, static_draws
 
     def _batch(self, y: torch.Tensor, gen: torch.Generator, hook, cdf: torch.Tensor
@@ -219,20 +219,21 @@ class SyntheticGenerator:
         lay = self.layout
         out, static_draws = self._heads(y, gen, hook)
         draws = sample_heads(out, lay.temporal, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary,
-                             numeric_mode=sc.numeric)
+                             numeric_mode=sc.numeric, rho=sc.noise_rho)
         values, observed = to_tensors(draws, lay.temporal, *self._post(out.device))
         # counts: inverse-CDF draw per cell from the feature's federated count distribution, 0 where unobserved.
         b = out.shape[0]
         u = torch.rand(values.shape, generator=gen, device=out.device)           # (B, T, F)
         if cdf.shape[1] <= 8:  # small support: K − 1 comparisons beat a binary search
-            k = torch.ones(values.shape, dtype=torch.int32, device=out.device)
+            k = observed.to(torch.uint8)
             for j in range(cdf.shape[1] - 1):
-                k += (u > cdf[:, j]).to(torch.int32)
+                k += (u > cdf[:, j]) & observed
         else:
             k = torch.searchsorted(cdf, u.reshape(b, -1, cdf.shape[0]).permute(2, 0, 1).reshape(cdf.shape[0], -1),
                                    right=True).clamp_(max=cdf.shape[1] - 1) + 1    # (F, B·T)
             k = k.reshape(cdf.shape[0], b, -1).permute(1, 2, 0).to(torch.int32)
-        counts = (k * observed).to(torch.int32).cpu().numpy().astype(np.uint16)
+            k = k * observed
+        counts = k.cpu().numpy().astype(np.uint16)
         values = values.cpu().numpy()
         if self.schema.static:
             static = to_arrays(static_draws, lay.static, self.normaliser.inverse_transform_static)

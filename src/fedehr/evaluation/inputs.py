@@ -86,6 +86,14 @@ class Inputs:
         train, test, syn = _canonical(train), _canonical(test), _canonical(syn)
         return cls(train, test, syn, scalers or Scalers.fit(train), settings, scope)
 
+    def for_site(self, train: Cohort, test: Cohort, scope: str) -> Inputs:
+        """The same synthetic set (and its derived arrays) against one site's real stays, pooled scalers."""
+        site = Inputs(_canonical(train), _canonical(test), self.syn, self.scalers, self.settings, scope)
+        for name in ("x_syn", "z_syn", "keys_syn", "seq_syn"):  # depend only on syn and the shared scalers
+            if name in self.__dict__:
+                site.__dict__[name] = self.__dict__[name]
+        return site
+
     def rng(self, metric: str) -> np.random.Generator:
         return self.settings.rng(self.scope, metric)
 
@@ -118,6 +126,10 @@ class Inputs:
         """GRU inputs standardised with the real training statistics."""
         return sequence_inputs(c.values, c.counts, c.static, SequenceScalers(self.scalers.temporal,
                                                                              self.scalers.static))
+
+    @cached_property
+    def seq_syn(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.sequences(self.syn)
 
     @cached_property
     def alpha_beta(self) -> dict[str, object]:

@@ -206,7 +206,7 @@ def _disc_gbm(inp: Inputs) -> Result:
 
 
 def _disc_gru(inp: Inputs) -> Result:
-    (xr, sr), (xs, ss) = inp.sequences(inp.train), inp.sequences(inp.syn)
+    (xr, sr), (xs, ss) = inp.sequences(inp.train), inp.seq_syn
     return _auc_result(disc.discriminative_auroc_gru(xr, sr, xs, ss, inp.rng("disc_gru"),
                                                      cfg=inp.settings.gru_discriminator, real_keys=inp.keys_train,
                                                      syn_keys=inp.keys_syn))
@@ -493,8 +493,8 @@ def evaluate(train: Cohort, test: Cohort, synthetic: Cohort, *, seed: int = 0, l
                 "best": s.best, "threshold": s.threshold, "passed": s.passed(_clean(pooled[n].get("value"))),
                 "description": s.description, **({"skipped": pooled[n]["skipped"]} if "skipped" in pooled[n] else {})}
                for n, s in selected.items()]
-    sites = _per_site(train, test, synthetic, inp, pooled, selected, timings) if per_site else {}
-    metrics = {
+    sites = _per_site(train, test, inp, pooled, selected, timings) if per_site else {}
+    out = {
         "summary": summary,
         "pooled": _families(pooled),
         "per_site": sites,
@@ -505,7 +505,7 @@ def evaluate(train: Cohort, test: Cohort, synthetic: Cohort, *, seed: int = 0, l
             "test_by_site": {s: int((test.sites == s).sum()) for s in test.site_names}},
             "seconds": round(time.perf_counter() - t_start, 2), "timings": timings},
     }
-    return Evaluation(metrics=_clean(metrics), artifacts=artifacts)
+    return Evaluation(metrics=_clean(out), artifacts=artifacts)
 
 
 def _select(names: list[str] | tuple[str, ...] | None) -> dict[str, MetricSpec]:
@@ -518,7 +518,7 @@ def _select(names: list[str] | tuple[str, ...] | None) -> dict[str, MetricSpec]:
     return {n: METRICS[n] for n in METRICS if n in names}
 
 
-def _per_site(train: Cohort, test: Cohort, syn: Cohort, pooled_inp: Inputs, pooled: dict[str, Result],
+def _per_site(train: Cohort, test: Cohort, pooled_inp: Inputs, pooled: dict[str, Result],
               selected: dict[str, MetricSpec], timings: dict[str, float]) -> dict[str, Any]:
     """Each site of the real test data against the pooled synthetic set (scaled with the pooled real train)."""
     out: dict[str, Any] = {}
@@ -528,12 +528,14 @@ def _per_site(train: Cohort, test: Cohort, syn: Cohort, pooled_inp: Inputs, pool
             out[site] = {"skipped": f"fewer than {MIN_STAYS} real train or test stays at this site",
                          "n_train": int(tr.sum()), "n_test": int(te.sum())}
             continue
-        inp = Inputs.prepare(train.subset(tr), test.subset(te), syn, pooled_inp.settings,
-                             scalers=pooled_inp.scalers, scope=f"site:{site}")
+        inp = pooled_inp.for_site(train.subset(tr), test.subset(te), scope=f"site:{site}")
         res = {n: _run(s, inp, None, timings) for n, s in selected.items() if s.per_site}
         for n, s in selected.items():
             if not s.per_site:
-                block = pooled[n].get("per_site", {}).get(site, {"skipped": "not computed"})
+                if "skipped" in pooled[n]:
+                    block = {"skipped": pooled[n]["skipped"]}
+                else:
+                    block = pooled[n]["per_site"].get(site, {"skipped": "no real test stays at this site"})
                 res[n] = {"value": block.get("auroc_gap"), **block}
         out[site] = {"n_train": int(tr.sum()), "n_test": int(te.sum()), **_families(res)}
     return out

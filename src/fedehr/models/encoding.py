@@ -206,14 +206,27 @@ def _draw(p: torch.Tensor, mode: str, generator: torch.Generator | None) -> torc
     return torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p
 
 
+def ar1_noise(shape: tuple[int, ...], rho: float, *, generator: torch.Generator | None,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal noise, (B, T, ·) with lag-1 autocorrelation ρ along T (stationary AR(1));
+    ε_t = ρ ε_{t−1} + √(1 − ρ²) η_t. ρ = 0 gives independent draws; tensors without a time axis ignore ρ."""
+    eps = torch.randn(shape, generator=generator, device=device)
+    if rho > 0 and len(shape) == 3:
+        c = (1.0 - rho**2) ** 0.5
+        for t in range(1, shape[1]):  # a loop over time steps, vectorised over stays and features
+            eps[:, t].mul_(c).add_(eps[:, t - 1], alpha=rho)
+    return eps
+
+
 def sample_heads(out: torch.Tensor, b: Blocks, *, generator: torch.Generator | None, mask_mode: str = "bernoulli",
-                 binary_mode: str = "bernoulli", numeric_mode: str = "sample") -> dict[str, torch.Tensor]:
+                 binary_mode: str = "bernoulli", numeric_mode: str = "sample", rho: float = 0.0
+                 ) -> dict[str, torch.Tensor]:
     """Draw from head outputs (..., out_width): num (normalised), bin (0/1), cat (codes), observed (bool, mask
-    order). numeric_mode 'sample' draws μ + σ ε, 'mean' returns μ."""
+    order). numeric_mode 'sample' draws μ + σ ε (ε AR(1) along time with lag-1 correlation ρ), 'mean' returns μ."""
     num = out[..., b.s_num]
     if numeric_mode == "sample" and b.num:
         sd = torch.exp(0.5 * out[..., b.s_logvar].clamp(LOGVAR_MIN, LOGVAR_MAX))
-        num = num + sd * torch.randn(num.shape, generator=generator, device=out.device, dtype=out.dtype)
+        num = num + sd * ar1_noise(tuple(num.shape), rho, generator=generator, device=out.device)
     draws = {"num": num, "bin": _draw(torch.sigmoid(out[..., b.s_bin]), binary_mode, generator)}
     codes = []
     a = b.s_cat.start
