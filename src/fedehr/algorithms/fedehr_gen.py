@@ -116,6 +116,7 @@ class GenWorkflow:
         self.evaluation: dict[str, dict[str, Any]] = {}
         self._pending: _Pending | None = None
         self._cfg_json = json.dumps(cfg.to_dict())
+        self.sampling_seconds = 0.0  # wall time of the last sample_for_evaluation
 
     # ---- protocol -----------------------------------------------------------------------------------------
     @property
