@@ -6,7 +6,7 @@ Usage: .venv/bin/python benchmarks/bench_methods.py [--dataset physionet2012|eic
 
 For the dataset, the cohort is prepared once (per-site 80/20 split, stratified by mortality, seed 0). Then for
 each method and seed, each step is one `.venv/bin/fedehr` subprocess:
-  train    fedehr train --cohort C --method M --out RUN [--config F] [--set ...] --set seed=S  (timed)
+  train    fedehr train --cohort C --method M --out RUN [--config F] --set eval_sample=0 [--set ...] --set seed=S
   sample   fedehr sample --run RUN --n N --format cohort --out SYN --seed S   (N = number of train stays)
   evaluate fedehr evaluate --train C --test C --synthetic SYN --out EVAL --seed S --fast --no-report
 Method `local` trains on the largest site of the train split alone and is scored on the pooled test split.
@@ -48,6 +48,9 @@ METHODS = ("fedehr-gen", "fedavg", "fedavg-direct", "centralized", "local")
 FEDERATED = ("fedehr-gen", "fedavg", "fedavg-direct")
 ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}
 EVAL_FLAGS = ("--fast", "--no-report")  # --fast skips the GRU metrics only; the GBM scores are unchanged
+# Before the user's --set: no in-training evaluation at the sites (this script scores every sample itself), so
+# the train time is training only.
+TRAIN_SETS = ("eval_sample=0",)
 
 # dataset -> `fedehr prepare` arguments (after --out). eicu: YAIB's mortality24 cohort of the eICU demo with
 # sites = region (33 hourly vitals and labs; the raw demo lacks vitalPeriodic and lab, leaving 3 NIBP series).
@@ -221,7 +224,7 @@ def resolve_config(arg: str | None) -> Path | None:
 def fingerprint(dataset: str, config: Path | None, overrides: Sequence[str]) -> str:
     """What makes results comparable: cohort preparation, the config file's bytes, overrides, evaluation flags."""
     h = hashlib.sha256((config.read_bytes() if config else b"<defaults>") + json.dumps(
-        [PREPARE[dataset], list(overrides), list(EVAL_FLAGS)]).encode())
+        [PREPARE[dataset], list(TRAIN_SETS), list(overrides), list(EVAL_FLAGS)]).encode())
     return h.hexdigest()[:12]
 
 
@@ -317,7 +320,7 @@ def run_combo(b: Bench, method: str, seed: int, n_train: int, largest: str) -> d
                 shutil.rmtree(d)
         cmd = [str(FEDEHR), "train", "--cohort", str(b.cohort), "--method", method, "--out", str(run)]
         cmd += ["--config", str(b.config)] if b.config else []
-        cmd += [a for o in b.overrides for a in ("--set", o)] + ["--set", f"seed={seed}"]
+        cmd += [a for o in (*TRAIN_SETS, *b.overrides) for a in ("--set", o)] + ["--set", f"seed={seed}"]
         cmd += ["--site", largest] if method == "local" else []
         _log(f"{tag}: train")
         wall = run_step(cmd, logs / "train.log", b.timeout)
@@ -363,7 +366,7 @@ def render(b: Bench, agg: dict[str, Any], methods: Sequence[str], failed: dict[s
            info: dict[str, Any], targets: list[tuple[str, str, str]]) -> str:
     """The generated docs section: table, command, machine, date, config and the target check."""
     cfg = str(b.config.relative_to(REPO)) if b.config and b.config.is_relative_to(REPO) else str(b.config or "")
-    sets = " ".join(f"`--set {o}`" for o in b.overrides)
+    sets = " ".join(f"`--set {o}`" for o in (*TRAIN_SETS, *b.overrides))
     seeds = sorted({s for a in agg.values() for s in a["seeds"]})
     lines = [f"Dataset **{b.dataset}**; seeds {', '.join(map(str, seeds)) or '—'}"
              f" (mean ± sample sd over seeds; one value = one seed). `local` = the largest train site, "

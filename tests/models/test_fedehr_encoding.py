@@ -57,9 +57,14 @@ def test_layout_widths_and_blocks(mixed):
     assert s.shape == (30, 1 + 1 + 2 + 3) and y.shape == (30, 2)
     np.testing.assert_array_equal(x[..., lay.temporal.s_mask], (cohort.counts > 0)[..., lay.temporal.order])
     assert np.isfinite(x).all() and np.isfinite(s).all()
-    # Unobserved numeric cells are 0, observed categorical cells are one-hot.
+    # Numeric values are carried forward from the last measurement (0 before the first); categorical one-hot.
     obs = cohort.counts[..., 0] > 0
-    assert (x[..., 0][~obs] == 0).all()
+    z = norm.transform(cohort.values)[..., 0]
+    for i in range(5):
+        last = 0.0
+        for t in range(6):
+            last = z[i, t] if obs[i, t] else last
+            assert x[i, t, 0] == pytest.approx(last)
     onehot = x[..., lay.temporal.s_cat]
     np.testing.assert_array_equal(onehot.sum(-1), (cohort.counts[..., 5] > 0).astype(np.float32))
     np.testing.assert_array_equal(s[:, -3], np.isfinite(cohort.static[:, 0]))

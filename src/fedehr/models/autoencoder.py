@@ -69,7 +69,8 @@ def objective(cfg: AEConfig, layout: Layout) -> Callable[..., tuple[torch.Tensor
     def loss(model: Autoencoder, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
         x = batch["x"]
         total, parts = heads_loss(model(x), x, layout.temporal, lambda_num=cfg.lambda_num,
-                                  lambda_bin=cfg.lambda_bin, lambda_cat=cfg.lambda_cat, lambda_mask=cfg.lambda_mask)
+                                  lambda_bin=cfg.lambda_bin, lambda_cat=cfg.lambda_cat, lambda_mask=cfg.lambda_mask,
+                                  lambda_carry=cfg.lambda_carry)
         return total / cells, {k: v / cells for k, v in parts.items()}
 
     return loss

@@ -4,8 +4,9 @@ Per hour (F temporal features, F = F_num + F_bin + F_cat, C_j categories of cate
 
     x_t = [ z_num (F_num) | v_bin (F_bin) | onehot_cat (Σ C_j) | m_t (F) ]        D = F_num + F_bin + Σ C_j + F
 
-z_num are normalised numeric values (fedehr.data.transforms.Normaliser, NaN → 0), v_bin binary values
-(NaN → 0), m_t the observation mask, ordered numeric, binary, categorical so every block is contiguous.
+z_num are normalised numeric values (fedehr.data.transforms.Normaliser) carried forward from the stay's last
+measurement (0, the population mean, before the first one), v_bin binary values (NaN → 0), m_t the observation
+mask, ordered numeric, binary, categorical so every block is contiguous.
 Decoder heads use the same layout plus one block: numeric means μ, binary logits, categorical logits, mask
 logits, then numeric log-variances log σ² (the noise added when sampling), width D_out = D + F_num.
 The static vector s (S features) has the same four blocks, its last block marking *observed* static values.
@@ -114,9 +115,21 @@ class Layout:
 
 
 # ---- encoding (numpy, vectorised over stays and hours) ------------------------------------------------------
+def forward_fill(z: np.ndarray) -> np.ndarray:
+    """(N, T, F) → the last non-NaN value at or before each bin, 0 before a stay's first value."""
+    t = z.shape[1]
+    ok = np.isfinite(z)
+    idx = np.where(ok, np.arange(t)[None, :, None], -1)
+    np.maximum.accumulate(idx, axis=1, out=idx)                       # last observed bin (−1: none yet)
+    filled = np.take_along_axis(np.nan_to_num(z, nan=0.0), np.maximum(idx, 0), axis=1)
+    return np.where(idx >= 0, filled, 0.0).astype(np.float32)
+
+
 def _encode_group(raw: np.ndarray, z: np.ndarray, observed: np.ndarray, b: Blocks) -> np.ndarray:
-    """raw/z/observed (..., n) → (..., width) float32 in block layout."""
-    parts = [np.nan_to_num(z[..., list(b.num)], nan=0.0), np.nan_to_num(raw[..., list(b.bin)], nan=0.0)]
+    """raw/z/observed (..., n) → (..., width) float32 in block layout (temporal numeric values carried forward)."""
+    zn = z[..., list(b.num)]
+    zn = forward_fill(zn) if zn.ndim == 3 else np.nan_to_num(zn, nan=0.0)
+    parts = [zn, np.nan_to_num(raw[..., list(b.bin)], nan=0.0)]
     for j, c in zip(b.cat, b.cat_sizes, strict=True):
         code = raw[..., j]
         ok = np.isfinite(code)
@@ -152,26 +165,14 @@ def encode_cohort(cohort: Cohort, normaliser: Normaliser) -> tuple[np.ndarray, n
 LOGVAR_MIN, LOGVAR_MAX = -7.0, 3.0  # σ between 0.03 and 4.5 normalised units
 
 
-def mean_and_noise_loss(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, scale: float = 1.0
-                        ) -> torch.Tensor:
-    """Elementwise (x − μ)² / scale + ½[(x − sg(μ))² / σ² + log σ²].
-
-    The mean is fitted by squared error (a fixed-variance Gaussian) and the noise head σ by the Gaussian NLL of
-    the residual with the mean detached (sg = stop-gradient). A jointly learned variance would let the mean
-    ignore hard features by inflating σ; decoupled, σ calibrates the sampling noise without starving μ.
-    """
-    lv = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-    return (target - mean) ** 2 / scale + 0.5 * ((target - mean.detach()) ** 2 * torch.exp(-lv) + lv)
-
-
 def heads_loss(out: torch.Tensor, target: torch.Tensor, b: Blocks, *, lambda_num: float = 1.0,
-               lambda_bin: float = 1.0, lambda_cat: float = 1.0, lambda_mask: float = 1.0
+               lambda_bin: float = 1.0, lambda_cat: float = 1.0, lambda_mask: float = 1.0, lambda_carry: float = 0.0
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example negative log-likelihood of ``target`` (B, ..., width) under head outputs ``out``
     (B, ..., out_width).
 
-    Sums over all non-batch elements: masked squared error of numeric means plus the NLL of their noise head
-    (``mean_and_noise_loss``),
+    Sums over all non-batch elements: masked squared error of numeric means, plus ½[(x − sg(μ))²/σ² + log σ²]
+    for the noise head (sg = stop-gradient: fitted to the residual, σ cannot let the mean give up on a feature),
     masked BCE of binary values, masked CE of categorical values, BCE of the mask. Returns ((B,) total,
     {part: (B,)}).
     """
@@ -180,8 +181,15 @@ def heads_loss(out: torch.Tensor, target: torch.Tensor, b: Blocks, *, lambda_num
     dims = tuple(range(1, out.dim()))
     parts: dict[str, torch.Tensor] = {}
     if n_num:
-        nll = mean_and_noise_loss(out[..., b.s_num], out[..., b.s_logvar], target[..., b.s_num])
-        parts["num"] = (nll * m[..., :n_num]).sum(dims)
+        mean, lv, x = out[..., b.s_num], out[..., b.s_logvar], target[..., b.s_num]
+        m_num = m[..., :n_num]
+        w = m_num
+        if lambda_carry > 0 and target.dim() == 3:  # (B, T, ·): bins after the first measurement
+            seen = torch.cummax(m_num, dim=1).values
+            w = m_num + lambda_carry * (seen - m_num)
+        lv_c = lv.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        noise = 0.5 * ((x - mean.detach()) ** 2 * torch.exp(-lv_c) + lv_c)  # measurement noise: measured bins only
+        parts["num"] = ((x - mean) ** 2 * w + noise * m_num).sum(dims)
     if n_bin:
         bce = F_.binary_cross_entropy_with_logits(out[..., b.s_bin], target[..., b.s_bin], reduction="none")
         parts["bin"] = (bce * m[..., n_num:n_num + n_bin]).sum(dims)

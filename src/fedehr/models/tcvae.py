@@ -114,7 +114,7 @@ def objective(cfg: TCVAEConfig, layout: Layout, *, mode: str, ae: AEConfig | Non
             noise = (0.5 * ((x - h_mean.detach()) ** 2 * torch.exp(-h_logvar) + h_logvar)).sum((1, 2))
         else:
             rec, _ = heads_loss(out, x, layout.temporal, lambda_num=ae.lambda_num, lambda_bin=ae.lambda_bin,
-                                lambda_cat=ae.lambda_cat, lambda_mask=ae.lambda_mask)
+                                lambda_cat=ae.lambda_cat, lambda_mask=ae.lambda_mask, lambda_carry=ae.lambda_carry)
             noise = torch.zeros_like(rec)  # the heads' noise term is inside heads_loss
         if model.s_dim:
             rec_s, _ = heads_loss(model.decode_static(u, y), s, layout.static)
