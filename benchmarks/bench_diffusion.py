@@ -5,7 +5,9 @@ Usage: .venv/bin/python benchmarks/bench_diffusion.py [--json PATH] [--threads 2
 Figures (default network sizes, random weights — speed does not depend on training):
 * cdmt-ehr sampling, 50 Euler steps (NFE 51), 48 h × 40 temporal features (+ Age, Gender as hour-constant
   channels): stays/s (wall clock, and per CPU-second of this process). Target >= 1,000 stays/s on 2 threads.
-  Also with ``cdmt.patch`` = 4 (the BiGRU runs over 12 four-hour steps), the main speed lever.
+  Also for the speed levers ``--variants`` (default: ``rnn=lstm``, an LSTM cell, which PyTorch runs as one fused
+  oneDNN kernel on CPU while its GRU is one kernel launch per gate and step; ``patch=4``, the BiGRU over 12
+  four-hour steps).
 * EHRDiff sampling, 32 Heun steps (NFE 63): ``codes`` mode at the paper's MIMIC-III width (Z = 1782) and
   ``series`` mode on the same 48 × 40 grid (Z = 2·48·40 + 4): stays/s.
 * Training: optimiser steps/s (Adam, batch 256) of each model.
@@ -47,19 +49,28 @@ def _timed(fn: Callable[[], object], repeats: int = 1) -> float:
     return best
 
 
-def bench_cdmt(schema: Schema, n: int, train_steps: int, patch: int = 1) -> dict[str, float]:
+def _variant(text: str) -> dict[str, object]:
+    """'rnn=lstm,patch=2' → {'rnn': 'lstm', 'patch': 2}."""
+    out: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        k, v = item.split("=", 1)
+        out[k] = int(v) if v.isdigit() else v
+    return out
+
+
+def bench_cdmt(schema: Schema, n: int, train_steps: int, variant: str = "") -> dict[str, float]:
     layout = channels.ChannelLayout.of(schema)
     dims = cdmt.CDMTDims(schema.n_bins, len(layout.num), layout.cat_sizes, 2)
     g = torch.Generator().manual_seed(0)
-    model = cdmt.build(cdmt.CDMTConfig(patch=patch), dims, generator=g)
+    model = cdmt.build(cdmt.CDMTConfig(**_variant(variant)), dims, generator=g)  # type: ignore[arg-type]
     labels = torch.randint(0, 2, (n,), generator=g)
     cdmt.sample(model, 256, generator=g, steps=2)  # warm-up
     c0 = time.process_time()
     dt = _timed(lambda: cdmt.sample(model, n, generator=g, labels=labels, steps=50))
     cpu = time.process_time() - c0
-    key = "cdmt" if patch == 1 else f"cdmt_patch{patch}"
+    key = "cdmt" + ("" if not variant else "[" + variant + "]")
     out = {f"{key}_sample_stays_per_s": n / dt, f"{key}_sample_stays_per_cpu_s": n / cpu}
-    if patch != 1:
+    if variant:
         return out
     b = 256
     batch = {"num": torch.randn(b, schema.n_bins, dims.n_num, generator=g),
@@ -110,8 +121,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=4096, help="stays sampled per figure")
     ap.add_argument("--quick", action="store_true", help="fewer stays and steps (smoke run)")
-    ap.add_argument("--patch", type=int, nargs="*", default=[4],
-                    help="also time cdmt-ehr with these cdmt.patch values (hours per BiGRU step)")
+    ap.add_argument("--variants", nargs="*", default=["rnn=lstm", "patch=4"],
+                    help="also time cdmt-ehr sampling with these CDMTConfig overrides, e.g. rnn=lstm,patch=2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n, steps = (256, 3) if args.quick else (args.n, 20)
@@ -119,13 +130,13 @@ def main() -> int:
     out: dict[str, object] = {"threads": args.threads, "n": n, "cpu": platform.processor() or platform.machine(),
                               "load_before": os.getloadavg()[0], "torch": torch.__version__}
     out.update(bench_cdmt(schema, n, steps))
-    for p in args.patch:
-        out.update(bench_cdmt(schema, n, steps, patch=p))
+    for v in args.variants:
+        out.update(bench_cdmt(schema, n, steps, variant=v))
     out.update(bench_ehrdiff("codes", 1782, n, steps))
     out.update(bench_ehrdiff("series", channels.series_dim(schema), n, steps))
     out["load_after"] = os.getloadavg()[0]
     for k, v in out.items():
-        print(f"{k:36s} {v:.1f}" if isinstance(v, float) else f"{k:36s} {v}")
+        print(f"{k:44s} {v:.1f}" if isinstance(v, float) else f"{k:44s} {v}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))

@@ -70,6 +70,14 @@ def test_targets_pass_and_miss_on_means(bm):
     assert got["fedehr-gen membership-inference AUC <= 0.6"] == "PASS"
 
 
+def test_targets_ties_are_not_better(bm):
+    """1.0 vs 0.9999999 (disc.) and equal TSTR at 3 decimals are not 'better' (float noise is no win)."""
+    agg = bm.aggregate([_res("fedehr-gen", 0, 0.7002, disc=0.9999999999999998), _res("fedavg", 0, 0.7, disc=1.0)])
+    got = {t: r for t, r, _ in bm.check_targets(agg)}
+    assert got["fedehr-gen TSTR AUROC > fedavg"] == "MISS"
+    assert got["fedehr-gen disc. AUROC closer to 0.5 than fedavg"] == "MISS"
+
+
 def test_targets_not_run_are_not_passed(bm):
     got = {t: r for t, r, _ in bm.check_targets(bm.aggregate([_res("fedehr-gen", 0, 0.9)]))}
     assert got["fedehr-gen TSTR AUROC >= 0.78"] == "PASS"

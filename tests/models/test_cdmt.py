@@ -317,3 +317,18 @@ def test_runs_on_cuda() -> None:
     assert cdmt.objective(m, b, g).device.type == "cuda"
     out = cdmt.sample(m, 3, generator=g, labels=torch.tensor([0, 1, 0]), guidance=1.0, solver="heun")
     assert out["num"].device.type == "cuda"
+
+
+@pytest.mark.parametrize("variant", [dict(rnn="lstm"), dict(patch=5), dict(layers=2, solver="heun")])
+def test_architecture_variants_train_and_sample(variant: dict) -> None:
+    """LSTM cell, multi-hour BiGRU steps (patch divides T = 5) and stacked layers keep shapes and finite losses."""
+    m = _model(cdmt.CDMTConfig.tiny(**variant))
+    loss = cdmt.objective(m, _batch(), torch.Generator().manual_seed(0))
+    assert loss.shape == (6,) and bool(torch.isfinite(loss).all())
+    out = cdmt.sample(m, 3, generator=torch.Generator().manual_seed(0))
+    assert out["num"].shape == (3, DIMS.n_bins, DIMS.n_num) and out["cat"].shape == (3, DIMS.n_bins, DIMS.n_cat)
+
+
+def test_patch_must_divide_the_hours() -> None:
+    with pytest.raises(InputError, match="divide"):
+        _model(cdmt.CDMTConfig.tiny(patch=2))  # T = 5
