@@ -27,6 +27,17 @@ def shared_data(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors run several times slower with 2 threads when pytest-xdist already uses both cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_schema() -> Schema:
     return Schema(temporal=temporal_specs(["HR", "MAP", "Temp", "Lactate", "MechVent"]),
