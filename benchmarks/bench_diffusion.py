@@ -136,7 +136,7 @@ def main() -> int:
     out.update(bench_ehrdiff("series", channels.series_dim(schema), n, steps))
     out["load_after"] = os.getloadavg()[0]
     for k, v in out.items():
-        print(f"{k:44s} {v:.1f}" if isinstance(v, float) else f"{k:44s} {v}")
+        print(f"{k:48s} {v:.1f}" if isinstance(v, float) else f"{k:48s} {v}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))

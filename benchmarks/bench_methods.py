@@ -2,11 +2,12 @@
 
 Usage: .venv/bin/python benchmarks/bench_methods.py [--dataset physionet2012|eicu]
            [--methods fedehr-gen,fedavg,fedavg-direct,centralized,local] [--seeds 0,1,2]
-           [--config PRESET_OR_FILE] [--set key=value ...] [--work DIR] [--json OUT] [--update-docs]
+           [--config PRESET_OR_FILE (default quickstart)] [--set key=value ...] [--work DIR] [--json OUT]
+           [--update-docs] [--timeout SECONDS_PER_COMMAND]
 
 For the dataset, the cohort is prepared once (per-site 80/20 split, stratified by mortality, seed 0). Then for
 each method and seed, each step is one `.venv/bin/fedehr` subprocess:
-  train    fedehr train --cohort C --method M --out RUN [--config F] --set eval_sample=0 [--set ...] --set seed=S
+  train    fedehr train --cohort C --method M --out RUN --config F --set eval_sample=0 [--set ...] --set seed=S
   sample   fedehr sample --run RUN --n N --format cohort --out SYN --seed S   (N = number of train stays)
   evaluate fedehr evaluate --train C --test C --synthetic SYN --out EVAL --seed S --fast --no-report
 Method `local` trains on the largest site of the train split alone and is scored on the pooled test split.
@@ -218,6 +219,15 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform()}
 
 
+def code_version() -> str:
+    """The git commit of the working tree, '+dirty' when it has uncommitted changes (read only)."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def resolve_config(arg: str | None) -> Path | None:
     """A TOML file path as given, else a preset name → configs/NAME.toml; None = the library defaults."""
     if arg is None:
@@ -394,7 +404,8 @@ def render(b: Bench, agg: dict[str, Any], methods: Sequence[str], failed: dict[s
              f"- date: {info['date']}" + (f"; results reused from an earlier invocation with the same settings: "
                                           f"{', '.join(info['reused'])}" if info["reused"] else ""),
              f"- config: {cfg or 'library defaults (no --config)'} {sets} (fingerprint `{b.fp}`); "
-             f"evaluation flags `{' '.join(EVAL_FLAGS)}`", "",
+             f"evaluation flags `{' '.join(EVAL_FLAGS)}`",
+             f"- code: {', '.join(sorted({r.get('code', 'not recorded') for r in results})) or '—'}", "",
              "| target | result | fedehr-gen vs reference (means) |", "|---|---|---|"]
     lines += [f"| {t} | {'**MISS**' if r == 'MISS' else r} | {d} |" for t, r, d in targets]
     return "\n".join(lines)
@@ -405,8 +416,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dataset", choices=sorted(PREPARE), default="physionet2012")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of " + ", ".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
-    ap.add_argument("--config", default=None, help="preset name (configs/NAME.toml) or TOML file; "
-                    "default: the library defaults")
+    ap.add_argument("--config", default="quickstart", help="preset name (configs/NAME.toml) or TOML file")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="passed to `fedehr train`")
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "methods")
     ap.add_argument("--json", type=Path, default=None, help="write results, means and targets here")
@@ -448,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 info["reused"].append(f"{method}-s{seed} ({res['finished_at']})")
                 _log(f"{method}-s{seed}: result exists, skipped")
             else:
-                t0, load = time.perf_counter(), os.getloadavg()[0]
+                t0, load, code = time.perf_counter(), os.getloadavg()[0], code_version()
                 try:
                     res = run_combo(b, method, seed, info["n_train"], info["local_site"])
                 except (StepFailed, KeyError, ValueError) as e:
@@ -456,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     failed.setdefault(method, []).append(seed)
                     continue
                 res["combo_s"], res["load_avg_1min_at_start"] = time.perf_counter() - t0, round(load, 2)
+                res["code"] = code
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(res, indent=2))
                 _log(f"{method}-s{seed}: done in {res['combo_s']:.0f} s  TSTR {res['tstr_auroc']:.3f}  "
