@@ -366,3 +366,20 @@ def test_evaluation_never_imports_models_training_federation_or_flwr():
             "'fedehr.training', 'fedehr.federation', 'fedehr.algorithms'))]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_utility_survives_a_feature_the_generator_never_emits(tiny_cohort):
+    """A synthetic set with one feature never observed (all NaN) is scored, not a crash."""
+    from dataclasses import replace
+
+    from conftest import make_tiny_cohort
+    from fedehr.evaluation import evaluate
+
+    train = make_tiny_cohort(tiny_cohort.schema, 200, seed=0)
+    test = make_tiny_cohort(tiny_cohort.schema, 100, seed=1)
+    syn = make_tiny_cohort(tiny_cohort.schema, 200, seed=2)
+    values, counts = syn.values.copy(), syn.counts.copy()
+    values[:, :, 3], counts[:, :, 3] = np.nan, 0
+    ev = evaluate(train, test, replace(syn, values=values, counts=counts), seed=0, fast=True, per_site=False,
+                  metrics=["utility_gbm"])
+    assert 0.0 <= ev.metrics["pooled"]["utility"]["utility_gbm"]["pooled"]["tstr"]["auroc"] <= 1.0
