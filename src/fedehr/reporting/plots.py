@@ -24,6 +24,7 @@ from matplotlib.patches import Patch
 from fedehr.data.cohort import Cohort
 from fedehr.data.schema import FeatureSpec
 from fedehr.errors import InputError
+from fedehr.evaluation.fidelity import pairwise_corr  # one definition for metrics and figures
 
 DPI = 80
 MAX_PANELS = 40  # small multiples per figure; more features spill into further figures
@@ -116,22 +117,6 @@ def nan_mean(x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
     s = np.where(obs, x, 0.0).sum(axis=axis, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, s / np.maximum(n, 1), np.nan)
-
-
-def pairwise_corr(x: np.ndarray, min_pairs: int = 5) -> np.ndarray:
-    """(N, F) with NaN -> (F, F) Pearson correlation over stays where both features are observed."""
-    m = np.isfinite(x).astype(np.float64)  # (N, F)
-    x0 = np.where(m > 0, x, 0.0)
-    n = m.T @ m  # (F, F) pairs observed together
-    sx = x0.T @ m  # sx[i, j] = sum of x_i over rows where j is observed too
-    sxx = (x0 * x0).T @ m
-    sxy = x0.T @ x0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mi, mj = sx / n, sx.T / n
-        vi, vj = sxx / n - mi**2, sxx.T / n - mj**2
-        r = (sxy / n - mi * mj) / np.sqrt(vi * vj)
-    r[(n < min_pairs) | ~(vi > 1e-12) | ~(vj > 1e-12)] = np.nan
-    return np.clip(r, -1.0, 1.0)
 
 
 # ---- 1. marginal histograms ----------------------------------------------------------------------------
