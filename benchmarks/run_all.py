@@ -19,11 +19,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", default=None, help="benchmark names, e.g. bench_load")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--with-methods", action="store_true",
+                    help="also run bench_methods.py (the 3-seed method sweep, ~30 min on 2 cores)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     scripts = sorted(HERE.glob("bench_*.py"))
     if args.only:
         scripts = [s for s in scripts if s.stem in args.only]
+    elif not args.with_methods:
+        scripts = [s for s in scripts if s.stem != "bench_methods"]
     failed = []
     for script in scripts:
         t0 = time.perf_counter()
