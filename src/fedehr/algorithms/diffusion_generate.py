@@ -152,23 +152,12 @@ def save_run(run_dir: str | Path, *, cfg: Experiment, schema: Schema, normaliser
              models: dict[str, Arrays], sampling: dict[str, Any]) -> Path:
     """Model bundle in fedehr's layout: model/*.safetensors, config.toml, schema.json, normaliser.json,
     sampling.json (``"generator": "diffusion"``), each written atomically."""
-    import safetensors.numpy
+    from fedehr.training.checkpoint import write_bundle_files
 
-    from fedehr.io_utils import atomic_dir, atomic_file
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(run_dir / "model", overwrite=True) as tmp:
-        for name, arrays in models.items():
-            data = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
-            (tmp / f"{name}.safetensors").write_bytes(data)
-    texts = {"config.toml": cfg.dumps(), "schema.json": schema.to_json(),
-             "normaliser.json": json.dumps(normaliser.to_dict(), indent=2),
-             "sampling.json": json.dumps({**sampling, "generator": "diffusion", "method": cfg.method}, indent=2)}
-    for fname, text in texts.items():
-        with atomic_file(run_dir / fname) as fh:
-            fh.write(text)  # type: ignore[attr-defined]
-    return run_dir
+    return write_bundle_files(run_dir, models, {
+        "config.toml": cfg.dumps(), "schema.json": schema.to_json(),
+        "normaliser.json": json.dumps(normaliser.to_dict(), indent=2),
+        "sampling.json": json.dumps({**sampling, "generator": "diffusion", "method": cfg.method}, indent=2)})
 
 
 def load_generator(run_dir: str | Path) -> DiffusionGenerator:

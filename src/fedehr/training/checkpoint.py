@@ -88,22 +88,27 @@ class Bundle:
     sampling: dict[str, Any]
 
 
-def save_bundle(run_dir: str | Path, *, cfg: ExperimentConfig, schema: Schema, normaliser: Normaliser,
-                models: dict[str, dict[str, np.ndarray]], sampling: dict[str, Any]) -> Path:
-    """Write (or replace) the model bundle inside ``run_dir``; each file is written atomically."""
+def write_bundle_files(run_dir: str | Path, models: dict[str, dict[str, np.ndarray]], texts: dict[str, str]) -> Path:
+    """``run_dir/model/<name>.safetensors`` for every model (the folder replaced as a whole) and each text file,
+    each written atomically; shared by every generator family's run bundle."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_dir(run_dir / "model", overwrite=True) as tmp:
         for name, arrays in models.items():
             data = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
             (tmp / f"{name}.safetensors").write_bytes(data)
-    cfg.to_toml(run_dir / "config.toml")
-    texts = {"schema.json": schema.to_json(), "normaliser.json": json.dumps(normaliser.to_dict(), indent=2),
-             "sampling.json": json.dumps(sampling, indent=2)}
     for fname, text in texts.items():
         with atomic_file(run_dir / fname) as fh:
             fh.write(text)  # type: ignore[attr-defined]
     return run_dir
+
+
+def save_bundle(run_dir: str | Path, *, cfg: ExperimentConfig, schema: Schema, normaliser: Normaliser,
+                models: dict[str, dict[str, np.ndarray]], sampling: dict[str, Any]) -> Path:
+    """Write (or replace) the model bundle inside ``run_dir``; each file is written atomically."""
+    return write_bundle_files(run_dir, models, {
+        "config.toml": cfg.dumps(), "schema.json": schema.to_json(),
+        "normaliser.json": json.dumps(normaliser.to_dict(), indent=2), "sampling.json": json.dumps(sampling, indent=2)})
 
 
 def load_bundle(run_dir: str | Path) -> Bundle:
