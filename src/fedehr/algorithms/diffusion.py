@@ -46,6 +46,7 @@ from fedehr.algorithms.diffusion_spec import (
     label_index,
     network,
 )
+from fedehr.algorithms.fedehr_gen import prefixed, strip_prefix
 from fedehr.algorithms.protocol import Reply, Task
 from fedehr.config import resolve_device
 from fedehr.data import fedstats
@@ -105,14 +106,6 @@ def build_plan(cfg: Experiment) -> list[tuple[Any, ...]]:
     if cfg.eval_sample > 0:
         plan.append(("evaluate",))
     return plan
-
-
-def _prefixed(arrays: Arrays, prefix: str) -> Arrays:
-    return {f"{prefix}{k}": v for k, v in arrays.items()}
-
-
-def _strip(arrays: Arrays, prefix: str) -> Arrays:
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 class DiffusionWorkflow:
@@ -182,7 +175,7 @@ class DiffusionWorkflow:
                 assert self.schema is not None
                 self.state["ae"] = state_to_numpy(init_parameters(build_autoencoder(self.cfg.ae,
                                                                                     Layout.of(self.schema)), g))
-            arrays = _prefixed(self.state["ae"], "ae/")
+            arrays = prefixed(self.state["ae"], "ae/")
             if self.single and kind[1] > 0:
                 arrays.update(self.state.get("opt_ae", {}))
             return self._task("ae-train", kind, {"epochs": self.cfg.stage1.local_epochs}, arrays)
@@ -203,7 +196,7 @@ class DiffusionWorkflow:
             if isinstance(net, cdmt.CDMT) and net.dims.n_cat:
                 cdmt.set_class_prior(net, [np.asarray(c) for c in self.sampling["class_counts"]])
             self.state["net"] = self.state["ema"] = state_to_numpy(net)
-        arrays = {**_prefixed(self.state["net"], "net/"), **_prefixed(self.state["ema"], "ema/")}
+        arrays = {**prefixed(self.state["net"], "net/"), **prefixed(self.state["ema"], "ema/")}
         if self.cfg.method == "latent-cdmt":
             arrays.update(self._encoder())
             arrays["latent_mean"] = np.asarray(self.sampling["latent_mean"], dtype=np.float32)
@@ -280,7 +273,7 @@ class DiffusionWorkflow:
 
     def _receive_dm_stats(self, got: list[Reply], entry: dict[str, Any]) -> None:
         assert self.schema is not None
-        merged = fedstats.merge([fedstats.FeatureStats.from_arrays(_strip(r.arrays, "stats/")) for r in got])
+        merged = fedstats.merge([fedstats.FeatureStats.from_arrays(strip_prefix(r.arrays, "stats/")) for r in got])
         self.normaliser = Normaliser.from_stats(merged, self.schema)
         hist = sum(np.asarray(r.arrays["count_hist"], dtype=np.float64) for r in got)
         rows = hist.sum(1, keepdims=True)
@@ -305,7 +298,7 @@ class DiffusionWorkflow:
 
     def _receive_ae_train(self, got: list[Reply], entry: dict[str, Any]) -> None:
         n = [self.n_train[r.site] for r in got]
-        self.state["ae"] = weighted_average([_strip(r.arrays, "ae/") for r in got], n)
+        self.state["ae"] = weighted_average([strip_prefix(r.arrays, "ae/") for r in got], n)
         if self.single:
             self.state["opt_ae"] = {k: v for k, v in got[0].arrays.items() if k.startswith("opt/")}
 
@@ -319,8 +312,8 @@ class DiffusionWorkflow:
 
     def _receive_dm_train(self, got: list[Reply], entry: dict[str, Any]) -> None:
         n = [self.n_train[r.site] for r in got]
-        self.state["net"] = weighted_average([_strip(r.arrays, "net/") for r in got], n)
-        self.state["ema"] = weighted_average([_strip(r.arrays, "ema/") for r in got], n)
+        self.state["net"] = weighted_average([strip_prefix(r.arrays, "net/") for r in got], n)
+        self.state["ema"] = weighted_average([strip_prefix(r.arrays, "ema/") for r in got], n)
         self.ema_step += max(int(r.metrics.get("steps", 0)) for r in got)
         entry["weights"] = dict(zip([r.site for r in got], (np.asarray(n) / sum(n)).tolist(), strict=True))
         for part in ("diffusion", "prox"):
@@ -364,7 +357,7 @@ class DiffusionWorkflow:
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, arrays in self.state.items():
-            out.update(_prefixed(arrays, f"{key}/"))
+            out.update(prefixed(arrays, f"{key}/"))
         out["meta"] = {
             "format": "fedehr-diffusion-workflow", "version": 1, "step": self.step, "config": self.cfg.to_dict(),
             "sites": self.sites, "n_train": self.n_train, "n_test": self.n_test, "ema_step": self.ema_step,
@@ -391,7 +384,7 @@ class DiffusionWorkflow:
         self.normaliser = Normaliser.from_dict(meta["normaliser"]) if meta["normaliser"] else None
         self.sampling = dict(meta["sampling"])
         self.history, self.evaluation = list(meta["history"]), dict(meta["evaluation"])
-        self.state = {k: _strip(arrays, f"{k}/") for k in meta["state_keys"]}
+        self.state = {k: strip_prefix(arrays, f"{k}/") for k in meta["state_keys"]}
         self._synthetic = None
 
 

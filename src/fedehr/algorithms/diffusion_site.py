@@ -186,8 +186,4 @@ HANDLERS: dict[str, Callable[[Task, SiteContext], Reply]] = {
 
 def handle(task: Task, ctx: SiteContext) -> Reply:
     """Run one diffusion-method task on this site's data (the entry point a runtime calls)."""
-    try:
-        fn = HANDLERS[task.action]
-    except KeyError:
-        raise FedEHRError(f"unknown task action {task.action!r} (expected one of {', '.join(HANDLERS)})") from None
-    return fn(task, ctx)
+    return site.dispatch(HANDLERS, task, ctx)

@@ -74,11 +74,11 @@ def build_plan(cfg: ExperimentConfig) -> list[tuple[Any, ...]]:
     return plan
 
 
-def _prefixed(arrays: Arrays, prefix: str) -> Arrays:
+def prefixed(arrays: Arrays, prefix: str) -> Arrays:
     return {f"{prefix}{k}": v for k, v in arrays.items()}
 
 
-def _strip(arrays: Arrays, prefix: str) -> Arrays:
+def strip_prefix(arrays: Arrays, prefix: str) -> Arrays:
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
@@ -216,7 +216,7 @@ class GenWorkflow:
         if self.ae is None:  # a common initialisation drawn by the server
             g = torch.Generator().manual_seed(self.cfg.seed * 7919 + 1)
             self.ae = state_to_numpy(init_parameters(build_autoencoder(self.cfg.ae, self._layout()), g))
-        arrays = _prefixed(self.ae, "ae/")
+        arrays = prefixed(self.ae, "ae/")
         if self.single and r > 0:
             arrays.update(self.opt)
         return self._task("ae-train", kind, config, arrays)
@@ -246,7 +246,7 @@ class GenWorkflow:
                                  "sites": sorted(pend.states), "missing": [], "matching": pend.info})
             self._pending = None
             return None
-        per_site = {s: _prefixed(st, "ae/") for s, st in pend.states.items()}
+        per_site = {s: prefixed(st, "ae/") for s, st in pend.states.items()}
         return self._task("ae-retrain", kind, {"frozen_upto": kind[2], "epochs": self.cfg.matching.retrain_epochs},
                           per_site=per_site)
 
@@ -271,7 +271,7 @@ class GenWorkflow:
         if self.tcvae is None:
             g = torch.Generator().manual_seed(self.cfg.seed * 7919 + 2)
             self.tcvae = state_to_numpy(init_parameters(build_for(self.cfg, lay), g))
-        arrays = _prefixed(self.tcvae, "tcvae/")
+        arrays = prefixed(self.tcvae, "tcvae/")
         if self.cfg.two_stage:
             arrays.update(self._encoder_arrays())
             arrays["latent_mean"] = np.asarray(self.sampling["latent_mean"], dtype=np.float32)
@@ -317,7 +317,7 @@ class GenWorkflow:
 
     def _receive_stats(self, kind: tuple[Any, ...], got: list[Reply], entry: dict[str, Any]) -> None:
         assert self.schema is not None
-        merged = fedstats.merge([fedstats.FeatureStats.from_arrays(_strip(r.arrays, "stats/")) for r in got])
+        merged = fedstats.merge([fedstats.FeatureStats.from_arrays(strip_prefix(r.arrays, "stats/")) for r in got])
         self.normaliser = Normaliser.from_stats(merged, self.schema)
         hist = sum(np.asarray(r.arrays["count_hist"], dtype=np.float64) for r in got)  # (F, K)
         rows = hist.sum(1, keepdims=True)
@@ -333,7 +333,7 @@ class GenWorkflow:
         entry["label_prevalence"] = {n: float(p) for n, p in zip(self.schema.labels, merged.prevalence, strict=True)}
 
     def _receive_ae_train(self, kind: tuple[Any, ...], got: list[Reply], entry: dict[str, Any]) -> None:
-        states = {r.site: _strip(r.arrays, "ae/") for r in got}
+        states = {r.site: strip_prefix(r.arrays, "ae/") for r in got}
         if self.matching:
             self.site_ae = states
             return
@@ -348,7 +348,7 @@ class GenWorkflow:
         pend = self._match(kind)
         states = dict(pend.states)  # a site that failed to retrain keeps its matched, not retrained layers
         for r in got:
-            states[r.site] = _strip(r.arrays, "ae/")
+            states[r.site] = strip_prefix(r.arrays, "ae/")
         self.site_ae = states
         entry["matching"] = pend.info
 
@@ -369,7 +369,7 @@ class GenWorkflow:
         w = site_weights(self.rule, n, m, v, divergence=self.cfg.weighting.divergence,
                          temperature=self.cfg.weighting.temperature,
                          min_temperature=self.cfg.weighting.min_temperature)
-        self.tcvae = weighted_average([_strip(r.arrays, "tcvae/") for r in got], w.alpha)
+        self.tcvae = weighted_average([strip_prefix(r.arrays, "tcvae/") for r in got], w.alpha)
         entry.update({"weights": dict(zip(sites, w.alpha.tolist(), strict=True)),
                       "divergence": dict(zip(sites, w.divergence.tolist(), strict=True)), "tau": w.tau,
                       "rule": self.rule})
@@ -434,13 +434,13 @@ class GenWorkflow:
         completed step."""
         out: dict[str, Any] = {}
         if self.ae is not None:
-            out.update(_prefixed(self.ae, "ae/"))
+            out.update(prefixed(self.ae, "ae/"))
         if self.tcvae is not None:
-            out.update(_prefixed(self.tcvae, "tcvae/"))
+            out.update(prefixed(self.tcvae, "tcvae/"))
         sites = sorted(self.site_ae)
         for i, s in enumerate(sites):
-            out.update(_prefixed(self.site_ae[s], f"site_ae/{i}/"))
-        out.update(_prefixed(self.opt, "carry/"))
+            out.update(prefixed(self.site_ae[s], f"site_ae/{i}/"))
+        out.update(prefixed(self.opt, "carry/"))
         out["meta"] = {
             "format": "fedehr-workflow", "version": 1, "step": self.step, "config": self.cfg.to_dict(),
             "sites": self.sites, "n_train": self.n_train, "n_test": self.n_test, "site_ae_sites": sites,
@@ -466,10 +466,10 @@ class GenWorkflow:
         self.normaliser = Normaliser.from_dict(meta["normaliser"]) if meta["normaliser"] else None
         self.sampling = dict(meta["sampling"])
         self.history, self.evaluation = list(meta["history"]), dict(meta["evaluation"])
-        self.ae = _strip(arrays, "ae/") or None
-        self.tcvae = _strip(arrays, "tcvae/") or None
-        self.site_ae = {s: _strip(arrays, f"site_ae/{i}/") for i, s in enumerate(meta["site_ae_sites"])}
-        self.opt = _strip(arrays, "carry/")
+        self.ae = strip_prefix(arrays, "ae/") or None
+        self.tcvae = strip_prefix(arrays, "tcvae/") or None
+        self.site_ae = {s: strip_prefix(arrays, f"site_ae/{i}/") for i, s in enumerate(meta["site_ae_sites"])}
+        self.opt = strip_prefix(arrays, "carry/")
         self._pending = None
 
 

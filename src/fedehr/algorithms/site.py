@@ -286,10 +286,15 @@ HANDLERS: dict[str, Callable[[Task, SiteContext], Reply]] = {
 }
 
 
+def dispatch(handlers: dict[str, Callable[[Task, SiteContext], Reply]], task: Task, ctx: SiteContext) -> Reply:
+    """Run the handler of ``task.action``; an unknown action is a clear error naming the known ones."""
+    try:
+        fn = handlers[task.action]
+    except KeyError:
+        raise FedEHRError(f"unknown task action {task.action!r} (expected one of {', '.join(handlers)})") from None
+    return fn(task, ctx)
+
+
 def handle(task: Task, ctx: SiteContext) -> Reply:
     """Run one task on this site's data and reply (the single entry point the runtime calls)."""
-    try:
-        fn = HANDLERS[task.action]
-    except KeyError:
-        raise FedEHRError(f"unknown task action {task.action!r} (expected one of {', '.join(HANDLERS)})") from None
-    return fn(task, ctx)
+    return dispatch(HANDLERS, task, ctx)
