@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import write_results  # benchmarks/common.py (the script folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("FEDEHR_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -102,11 +103,7 @@ def main() -> int:
         ok = {True: "met", False: "MISSED", None: "-"}[r.get("meets_targets")]
         print(f"{r['dataset']:<14}{r['stays']:>7}{r['sites']:>7}{r['load_s']:>9.2f}{r['prepare_s']:>9.2f}"
               f"{r['process_wall_s']:>11.2f}{r['peak_rss_mb']:>9.0f}  {ok}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                     "platform": platform.platform()},
-                                         "results": results}, indent=2))
+    write_results(args.json, results)
     return 1 if failed else 0
 
 

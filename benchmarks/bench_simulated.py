@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import write_results  # benchmarks/common.py (the script folder is on sys.path)
 
 TARGET_S = {3000: 5.0}
 
@@ -82,11 +82,7 @@ def main() -> int:
         ok = {True: "met", False: "MISSED", None: "-"}[r.get("meets_target")]
         print(f"{r['stays']:>7}{r['generate_first_s']:>9.2f}{r['generate_median_s']:>10.2f}{r['fedstats_s']:>9.2f}"
               f"{r['rss_before_mb']:>9.0f}{r['peak_rss_mb']:>9.0f}{r['prevalence']:>7.3f}  {ok}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                     "platform": platform.platform()},
-                                         "results": results}, indent=2))
+    write_results(args.json, results)
     return 1 if failed else 0
 
 
