@@ -1,7 +1,7 @@
 """Sampling throughput of the FedEHR-Gen generator (stays per second), quickstart-sized and paper-scale networks.
 
 Usage: .venv/bin/python benchmarks/bench_sampling.py [--json PATH] [--n 20000] [--repeats 3] [--device cpu]
-                                                     [--threads 1 2]
+                                                     [--threads 1 2] [--configs quickstart.toml fedehr-gen.toml]
 
 Builds a generator for a 48 h × 43-feature schema (every temporal variable of the catalogue, 4 static) with
 randomly initialised networks (throughput does not depend on the weights' values: every stage is dense), a
@@ -100,10 +100,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    ap.add_argument("--configs", nargs="*", default=["quickstart.toml", "fedehr-gen.toml"],
+                    help="preset files under configs/ to measure")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     rows = [measure(REPO / "configs" / name, args.n, args.repeats, args.device, t)
-            for name in ("quickstart.toml", "fedehr-gen.toml") for t in args.threads]
+            for name in args.configs for t in args.threads]
     out = {"device": args.device, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
            "target_stays_per_s_quickstart": TARGET, "results": rows}
     for r in rows:
@@ -113,8 +115,8 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))
-    best = max(r["stays_per_s"] for r in rows if r["config"].endswith("quickstart.toml"))
-    return 0 if args.device != "cpu" or best >= TARGET else 1
+    quick = [r["stays_per_s"] for r in rows if r["config"].endswith("quickstart.toml")]
+    return 0 if args.device != "cpu" or not quick or max(quick) >= TARGET else 1
 
 
 if __name__ == "__main__":

@@ -110,3 +110,101 @@ def test_extract_eval_and_bytes(bm, tmp_path):
     run = {"runtime": {"bytes_sent": 3_000_000, "bytes_received": 1_500_000}}
     assert bm.bytes_communicated(run, "fedavg") == 4_500_000
     assert bm.bytes_communicated(run, "centralized") is None
+
+
+# ---- diffusion rows, the steps sweep ------------------------------------------------------------------------------
+def test_parse_rows_names_diffusion_rows_by_mode(bm):
+    rows = bm.parse_rows("fedehr-gen, cdmt-ehr,cdmt-ehr:fedavg,ehrdiff:fedprox")
+    assert [r.name for r in rows] == ["fedehr-gen", "cdmt-ehr (centralized)", "cdmt-ehr (fedavg)",
+                                      "ehrdiff (fedprox)"]
+    assert [r.tag for r in rows] == ["fedehr-gen", "cdmt-ehr-centralized", "cdmt-ehr-fedavg", "ehrdiff-fedprox"]
+    assert [r.federated for r in rows] == [True, False, True, True]
+    assert [r.train_flags() for r in rows] == [[], ["--federated", "none"], ["--federated", "fedavg"],
+                                               ["--federated", "fedprox"]]
+    for bad, needle in (("magic", "unknown row"), ("fedavg:fedprox", "unknown row"), ("cdmt-ehr:local", "unknown"),
+                        ("cdmt-ehr,cdmt-ehr:centralized", "given twice"), (" , ", "no rows")):
+        with pytest.raises(ValueError, match=needle):
+            bm.parse_rows(bad)
+
+
+def test_bytes_follow_the_row_mode(bm):
+    run = {"runtime": {"bytes_sent": 2_000_000, "bytes_received": 1_000_000}}
+    assert bm.bytes_communicated(run, "cdmt-ehr (fedavg)") == 3_000_000
+    assert bm.bytes_communicated(run, "latent-cdmt (fedprox)") == 3_000_000
+    assert bm.bytes_communicated(run, "cdmt-ehr (centralized)") is None
+
+
+def test_parse_steps_and_sample_figures(bm):
+    assert bm.parse_steps("200,10, 50,10") == [10, 50, 200]
+    for bad in ("", "0,5", "ten"):
+        with pytest.raises(ValueError, match="--steps-sweep"):
+            bm.parse_steps(bad)
+    got = bm.sample_figures({"stays_per_s": 812.5, "nfe": 51, "steps": 50, "torch_threads": 1})
+    assert got == {"stays_per_s": 812.5, "nfe": 51, "sample_steps": 50, "torch_threads": 1}
+    assert bm.sample_figures({"stays_per_s": 3e4})["nfe"] is None  # FedEHR-Gen: no NFE
+    with pytest.raises(KeyError, match="stays_per_s"):
+        bm.sample_figures({"nfe": 51}, "s.json")
+
+
+def _dres(method, seed, tstr, sps, nfe=51, mb=None, **extra):
+    return {**_res(method, seed, tstr, mb=mb), "stays_per_s": sps, "nfe": nfe, **extra}
+
+
+def test_diffusion_table_and_targets(bm):
+    pooled = "cdmt-ehr (centralized)"
+    agg = bm.aggregate([_dres(pooled, 0, 0.80, 900.0), _dres(pooled, 1, 0.78, 1100.0),
+                        _dres("cdmt-ehr (fedavg)", 0, 0.70, 950.0, mb=5.0), _dres("fedehr-gen", 0, 0.6, 4e4, nfe=None)],
+                       bm.DIFFUSION_COLUMNS)
+    rows = bm.markdown_table(agg, ["cdmt-ehr (centralized)", "cdmt-ehr (fedavg)", "fedehr-gen", "ehrdiff (fedavg)"],
+                             columns=bm.DIFFUSION_COLUMNS).splitlines()
+    assert rows[0].endswith("| MB communicated | stays/s sampled | NFE |")
+    cells = rows[2].split(" | ")
+    assert cells[0] == "| cdmt-ehr (centralized)" and cells[1] == "0.790 ± 0.014"
+    assert cells[-3] == "n/a — not federated" and cells[-2] == "1000 ± 141" and cells[-1] == "51 ± 0 |"
+    assert rows[3].split(" | ")[-3] == "5.0" and rows[4].endswith("| n/a |") and "not run" in rows[5]
+    got = {t: (r, d) for t, r, d in bm.check_diffusion_targets(agg)}
+    assert got["cdmt-ehr TSTR AUROC >= 0.78 (pooled, 50 steps)"][0] == "PASS"       # mean 0.79
+    assert got["cdmt-ehr sampling >= 1,000 stays/s at 50 steps"][0] == "PASS"       # mean 1000 exactly
+    slow = bm.aggregate([_dres("cdmt-ehr (centralized)", 0, 0.70, 999.0)], bm.DIFFUSION_COLUMNS)
+    assert {r for _, r, _ in bm.check_diffusion_targets(slow)} == {"MISS"}
+    heun = bm.aggregate([_dres("cdmt-ehr (centralized)", 0, 0.90, 5000.0, nfe=101)], bm.DIFFUSION_COLUMNS)
+    assert all(r == "n/a" and "NFE 101" in d for _, r, d in bm.check_diffusion_targets(heun))
+    assert all(r == "n/a" for _, r, _ in bm.check_diffusion_targets({}))
+
+
+def test_steps_sweep_table(bm):
+    res = [_dres("cdmt-ehr (centralized)", s, t, sps, nfe=k + 1, steps=k)
+           for s, (k, t, sps) in enumerate([(10, 0.70, 5000.0), (50, 0.79, 1200.0), (50, 0.77, 1000.0)])]
+    agg = bm.aggregate(res, bm.SWEEP_COLUMNS, key="steps")
+    assert sorted(agg) == [10, 50] and agg[50]["seeds"] == [1, 2]
+    rows = bm.markdown_table(agg, [10, 25, 50], {25: [0]}, bm.SWEEP_COLUMNS, first="steps K").splitlines()
+    assert rows[0].startswith("| steps K | NFE | stays/s sampled | TSTR AUROC (GB) |")
+    assert rows[2].startswith("| 10 | 11 | 5000 | 0.700 |") and "failed (seeds 0)" in rows[3]
+    got = {t: r for t, r, _ in bm.check_diffusion_targets(agg, sweep_of="cdmt-ehr (centralized)")}
+    assert set(got.values()) == {"PASS"}  # means 0.78 and 1100 stays/s at 50 steps
+    other = bm.check_diffusion_targets(agg, sweep_of="cdmt-ehr (fedavg)")
+    assert all(r == "n/a" for _, r, _ in other)
+
+
+def test_args_and_fingerprint(bm, tmp_path):
+    args = bm.parse_args(["--methods", "cdmt-ehr", "--steps-sweep", "50,10", "--threads", "1"])
+    assert args.steps_sweep == [10, 50] and args.rows == [bm.Row("cdmt-ehr", "centralized")] and args.threads == 1
+    for bad in (["--methods", "cdmt-ehr,ehrdiff", "--steps-sweep", "10"], ["--methods", "fedavg", "--steps-sweep", "5"],
+                ["--methods", "nope"], ["--threads", "0"]):
+        with pytest.raises(SystemExit):
+            bm.parse_args(bad)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("seed = 1\n")
+    preset = tmp_path / "p.toml"
+    preset.write_text("method = 'cdmt-ehr'\n")
+    base = bm.fingerprint("physionet2012", cfg, ["a=1"])
+    assert bm.fingerprint("physionet2012", cfg, ["a=1"], []) == base  # FedEHR-Gen work dirs keep their fingerprint
+    assert bm.fingerprint("physionet2012", cfg, ["a=1"], [preset]) != base
+
+
+def test_seeds_text_names_uneven_seeds(bm):
+    even = bm.aggregate([_res("a", 0, 0.7), _res("a", 1, 0.7), _res("b", 1, 0.7), _res("b", 0, 0.7)])
+    assert bm.seeds_text(even) == "seeds 0, 1"
+    uneven = bm.aggregate([_res("a", 0, 0.7), _res("a", 2, 0.7), _res("b", 0, 0.7)])
+    assert bm.seeds_text(uneven) == "seeds per row: a: 0, 2; b: 0"
+    assert bm.seeds_text({}) == "seeds —"

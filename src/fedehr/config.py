@@ -18,8 +18,11 @@ from typing import Any, Literal, get_args, get_origin
 
 from fedehr.errors import InputError
 
-METHODS: tuple[str, ...] = ("fedehr-gen", "fedavg", "fedavg-direct", "centralized", "local")
+DIFFUSION_METHODS: tuple[str, ...] = ("ehrdiff", "cdmt-ehr", "latent-cdmt")
+METHODS: tuple[str, ...] = ("fedehr-gen", "fedavg", "fedavg-direct", "centralized", "local", *DIFFUSION_METHODS)
+# Always federated; a diffusion method is federated when diffusion.training is fedavg or fedprox.
 FEDERATED_METHODS: tuple[str, ...] = ("fedehr-gen", "fedavg", "fedavg-direct")
+FEDERATED_TRAINING: tuple[str, ...] = ("fedavg", "fedprox")
 
 
 def _f(default: Any, help: str, **checks: Any) -> Any:
@@ -131,6 +134,9 @@ class TCVAEConfig(_Section):
     beta: float = _f(1.0, "final KL weight β of the ELBO", min=0.0)
     beta_warmup: float = _f(0.2, "fraction of stage-2 epochs over which β rises linearly from 0", min=0.0, max=1.0)
     lambda_static: float = _f(1.0, "weight of the static-feature reconstruction term", min=0.0)
+    prior: Literal["conditional", "standard"] = _f(
+        "conditional", "prior of u: 'conditional' learns p(u | y) = N(μ_p(y), σ_p(y)²) so that sampling with a "
+        "label lands where that label's stays were encoded; 'standard' is N(0, I)")
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,9 @@ class WeightingConfig(_Section):
     rule: Literal["fedavg", "uniform", "divergence-softmax", "inverse"] = _f(
         "divergence-softmax", "site weights: n_k | 1 | n_k exp(-D_k/τ) | n_k (1 + D_k/τ)")
     divergence: Literal["kl", "w2"] = _f("kl", "D_k between a site's aggregate posterior and the mixture")
-    temperature: float = _f(0.0, "τ; 0 means the median of the round's D_k", min=0.0)
+    temperature: float = _f(0.0, "τ; 0 sets it from the round's D_k by tau_rule", min=0.0)
+    tau_rule: Literal["max", "median"] = _f("max", "automatic τ: the largest D_k (every site keeps ≥ e^-1 of its "
+                                            "n_k share) or the median (outlying sites can get ~0 weight)")
     min_temperature: float = _f(0.05, "floor on the automatic τ (nats), so divergences far below it (sampling "
                                 "noise, early rounds near the prior) leave the weights ≈ n_k", min=0.0)
 
@@ -202,23 +210,63 @@ class SamplingConfig(_Section):
                              "the AE decodes them (0: decode the mean trajectory)", min=0.0)
     noise_rho: float = _f(0.9, "lag-1 autocorrelation of the sampling noise along time (latent and numeric; AR(1)); "
                           "0 draws it independently per bin", min=0.0, max=0.99)
+    prior: Literal["site-moments", "learned"] = _f(
+        "site-moments", "where u comes from when sampling: 'site-moments' draws from a mixture of Gaussians, one per "
+        "(site, label pattern), built from aggregate posterior moments the sites send after training (ex-post "
+        "density estimation: it fills the gap between the prior and where stays were encoded); 'learned' draws "
+        "from the TCVAE's own prior p(u | y)")
+    prior_min_count: int = _f(20, "a site sends the posterior moments of a label pattern only when it has at least "
+                              "this many stays with it (fewer could expose individuals)", min=2)
     batch_size: int = _f(8192, "stays decoded per batch", min=1)
     max_count: int = _f(32, "largest per-bin measurement count tracked by the count distribution", min=1,
                         max=65535)
 
 
 @dataclass(frozen=True)
+class DiffusionStageConfig(StageConfig):
+    _prefix: typing.ClassVar[str] = "diffusion.stage."
+
+
+@dataclass(frozen=True)
+class DiffusionConfig(_Section):
+    """Training of a diffusion generator (methods ehrdiff, cdmt-ehr, latent-cdmt; network sizes in the ``ehrdiff``
+    / ``cdmt`` sub-tables, whose classes live with their models in fedehr.models.diffusion)."""
+
+    _prefix: typing.ClassVar[str] = "diffusion."
+    training: Literal["fedavg", "fedprox", "centralized", "local"] = _f(
+        "fedavg", "federated with FedAvg or FedProx (Flower), pooled in one place, or one site alone (in-process); "
+        "`fedehr train --federated fedavg | fedprox | none` sets it")
+    prox_mu: float = _f(0.01, "FedProx proximal weight μ (training = fedprox)", min=0.0)
+    label: str = _f("mortality", "outcome label the generator is conditioned on (classifier-free guidance); "
+                    "empty: unconditional")
+    static: bool = _f(True, "CDMT: model the static features as hour-constant channels")
+    stage: DiffusionStageConfig = field(
+        default_factory=lambda: DiffusionStageConfig(rounds=20, local_epochs=1, lr=1e-3, batch_size=256),
+        metadata={"help": "diffusion training schedule"})
+    ehrdiff: _ehrdiff.EHRDiffConfig = field(default_factory=lambda: _ehrdiff.EHRDiffConfig.preset("series"),
+                                            metadata={"help": "EHRDiff network and sampler"})
+    cdmt: _cdmt.CDMTConfig = field(default_factory=lambda: _cdmt.CDMTConfig(),
+                                   metadata={"help": "CDMT-EHR network and sampler"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ehrdiff.mode != "series":
+            raise InputError("cohort workflows train EHRDiff in series mode (code matrices: fit_codes)",
+                             field="diffusion.ehrdiff.mode", value=self.ehrdiff.mode, expected="series")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig(_Section):
     """One experiment: method, seed, runtime limits, model sizes, schedules and aggregation rules."""
 
-    method: Literal["fedehr-gen", "fedavg", "fedavg-direct", "centralized", "local"] = _f(
-        "fedehr-gen", "training method")
+    method: Literal["fedehr-gen", "fedavg", "fedavg-direct", "centralized", "local", "ehrdiff", "cdmt-ehr",
+                    "latent-cdmt"] = _f("fedehr-gen", "training method")
     seed: int = _f(0, "master seed (sites derive theirs from it, their name and the round)", min=0)
     device: Literal["cpu", "cuda", "auto"] = _f("auto", "torch device; auto = cuda when available")
     min_sites: int = _f(1, "fewest sites that must reply to a round; fewer ends the run with an error", min=1)
     round_timeout_s: float = _f(600.0, "seconds the server waits for the replies of one round",
                                 min_exclusive=0.0)
-    local_site: str = _f("", "site trained alone by method 'local'")
+    local_site: str = _f("", "site trained alone by method 'local' (and by diffusion.training = 'local')")
     eval_sample: int = _f(1000, "synthetic stays sent to the sites for evaluation (0 skips evaluation)", min=0)
     ae: AEConfig = field(default_factory=AEConfig, metadata={"help": "stage-1 autoencoder"})
     tcvae: TCVAEConfig = field(default_factory=TCVAEConfig, metadata={"help": "stage-2 TCVAE"})
@@ -230,21 +278,34 @@ class ExperimentConfig(_Section):
     weighting: WeightingConfig = field(default_factory=WeightingConfig,
                                        metadata={"help": "distribution-aware aggregation"})
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "synthetic sampling"})
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig,
+                                       metadata={"help": "diffusion generators (ehrdiff, cdmt-ehr, latent-cdmt)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.method == "local" and not self.local_site:
             raise InputError("method 'local' needs the site to train on", field="local_site",
                              expected="a site name, e.g. local_site=\"hospital-1\"")
+        if self.diffusion_method and self.diffusion.training == "local" and not self.local_site:
+            raise InputError("diffusion.training = 'local' needs the site to train on", field="local_site",
+                             expected="a site name, e.g. local_site=\"hospital-1\" (`fedehr train --site`)")
+
+    @property
+    def diffusion_method(self) -> bool:
+        return self.method in DIFFUSION_METHODS
 
     @property
     def federated(self) -> bool:
+        """Whether the run goes through Flower (else it trains in this process)."""
+        if self.diffusion_method:
+            return self.diffusion.training in FEDERATED_TRAINING
         return self.method in FEDERATED_METHODS
 
     @property
     def two_stage(self) -> bool:
-        """Whether the generator models latent codes of a stage-1 autoencoder (all but fedavg-direct)."""
-        return self.method != "fedavg-direct"
+        """Whether the generator models latent codes of a stage-1 autoencoder (FedEHR-Gen's methods but
+        fedavg-direct, and latent-cdmt)."""
+        return self.method not in ("fedavg-direct", "ehrdiff", "cdmt-ehr")
 
     def resolved_device(self) -> str:
         return resolve_device(self.device)
@@ -387,3 +448,9 @@ def describe(cls: type = ExperimentConfig, prefix: str = "", obj: Any = None) ->
         rows.append((f"{prefix}{f.name}", tname, list(value) if isinstance(value, tuple) else value,
                      f.metadata.get("help", "")))
     return rows
+
+
+# The diffusion networks' config sections live with their models, which build on _f / _Section above: imported
+# at the end, as modules (not names), so the import works whichever of the two modules is imported first.
+from fedehr.models.diffusion import cdmt as _cdmt  # noqa: E402
+from fedehr.models.diffusion import ehrdiff as _ehrdiff  # noqa: E402

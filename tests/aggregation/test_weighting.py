@@ -40,8 +40,8 @@ def test_outlier_is_down_weighted_by_softmax_and_up_weighted_by_inverse():
     m = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, -0.1], [3.0, 2.0]])  # site 3 is far away
     v = np.ones((4, 2))
     fedavg = site_weights("fedavg", n, m, v).alpha
-    soft = site_weights("divergence-softmax", n, m, v)
-    inv = site_weights("inverse", n, m, v)
+    soft = site_weights("divergence-softmax", n, m, v, tau_rule="median")
+    inv = site_weights("inverse", n, m, v, tau_rule="median")
     assert int(np.argmax(soft.divergence)) == 3
     assert soft.alpha[3] < 0.5 * fedavg[3] and soft.alpha[:3].min() > fedavg[0]
     assert inv.alpha[3] > 1.5 * fedavg[3]
@@ -49,12 +49,28 @@ def test_outlier_is_down_weighted_by_softmax_and_up_weighted_by_inverse():
     assert soft.tau == pytest.approx(np.median(soft.divergence))
 
 
+def test_default_max_temperature_never_drops_an_outlying_site():
+    """With τ = max D_k the farthest site keeps >= e^-1 of a zero-divergence site's weight (per stay)."""
+    n = np.array([200.0, 300.0, 200.0, 100.0])
+    m = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, -0.1], [8.0, 6.0]])  # site 3 is very far away
+    v = np.ones((4, 2))
+    soft = site_weights("divergence-softmax", n, m, v)
+    median = site_weights("divergence-softmax", n, m, v, tau_rule="median")
+    assert soft.tau == pytest.approx(soft.divergence.max())
+    per_stay = soft.alpha / n
+    assert per_stay[3] >= np.exp(-1.0) * per_stay.max() - 1e-12
+    assert per_stay[3] < per_stay[:3].min()  # still down-weighted
+    assert median.alpha[3] < 0.01  # what the median rule did to such a site
+    with pytest.raises(InputError):
+        site_weights("divergence-softmax", n, m, v, tau_rule="mean")
+
+
 def test_temperature_floor_keeps_near_identical_sites_at_fedavg():
     """Tiny divergences (sampling noise) below the floor barely move the weights."""
     n = np.array([100.0, 100.0, 100.0])
     m = np.array([[0.0], [0.001], [0.003]])
     v = np.ones((3, 1))
-    free = site_weights("divergence-softmax", n, m, v).alpha
+    free = site_weights("divergence-softmax", n, m, v, tau_rule="median").alpha
     floored = site_weights("divergence-softmax", n, m, v, min_temperature=0.05).alpha
     assert free.max() - free.min() > 0.1  # τ = median D alone amplifies noise
     np.testing.assert_allclose(floored, 1 / 3, atol=1e-3)

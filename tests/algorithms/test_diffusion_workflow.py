@@ -15,6 +15,8 @@ from fedehr.algorithms import diffusion as D
 from fedehr.algorithms import diffusion_site as S
 from fedehr.algorithms import inprocess
 from fedehr.algorithms.protocol import Reply, SiteContext, Task
+from fedehr.algorithms.site import handle
+from fedehr.config import ExperimentConfig
 from fedehr.data.cohort import Cohort
 from fedehr.data.schema import Schema
 from fedehr.errors import FedEHRError, InputError
@@ -30,9 +32,9 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _cfg(method: str, training: str = "fedavg", **diffusion: object) -> D.DiffusionExperiment:
+def _cfg(method: str, training: str = "fedavg", **diffusion: object) -> ExperimentConfig:
     stage = {"rounds": 2, "local_epochs": 1, "batch_size": 16, **diffusion.pop("stage", {})}  # type: ignore[dict-item]
-    return D.DiffusionExperiment.from_dict({
+    return ExperimentConfig.from_dict({
         "method": method, "device": "cpu", "eval_sample": 0, "seed": 3,
         "ae": {"hidden": [16], "latent": 4}, "stage1": {"rounds": 1, "local_epochs": 1, "batch_size": 16},
         "diffusion": {"training": training, "stage": stage,
@@ -40,17 +42,17 @@ def _cfg(method: str, training: str = "fedavg", **diffusion: object) -> D.Diffus
                       "cdmt": {"hidden": 8, "cond_dim": 8, "noise_dim": 8, "steps": 4}, **diffusion}})
 
 
-def _sites(cfg: D.DiffusionExperiment, train: Cohort) -> dict[str, SiteContext]:
+def _sites(cfg: ExperimentConfig, train: Cohort) -> dict[str, SiteContext]:
     if cfg.diffusion.training == "centralized":
         return {"pooled": SiteContext("pooled", train, None, "cpu", seed=0)}
     return {s: SiteContext(s, c, None, "cpu", seed=i) for i, (s, c) in enumerate(train.by_site().items())}
 
 
-def _run(cfg: D.DiffusionExperiment, train: Cohort, **kw: object) -> tuple[D.DiffusionWorkflow, list]:
+def _run(cfg: ExperimentConfig, train: Cohort, **kw: object) -> tuple[D.DiffusionWorkflow, list]:
     wf = D.make_workflow(cfg)
     seen: list[tuple[Task, list[Reply]]] = []
     errors: dict[str, list[str]] = {}
-    inprocess.run(wf, _sites(cfg, train), lambda t, r, m: seen.append((t, r)), handler=S.handle, errors=errors)
+    inprocess.run(wf, _sites(cfg, train), lambda t, r, m: seen.append((t, r)), handler=handle, errors=errors)
     assert not errors, errors
     return wf, seen
 
@@ -133,10 +135,10 @@ def test_resume_equals_an_uninterrupted_run(train: Cohort) -> None:
     sites = _sites(cfg, train)
     for _ in range(3):  # hello, dm-stats, first dm-train
         task = part.next_task()
-        part.receive(task, [S.handle(task.for_site(s), ctx) for s, ctx in sites.items()], [])
+        part.receive(task, [handle(task.for_site(s), ctx) for s, ctx in sites.items()], [])
     resumed = D.make_workflow(cfg)
     resumed.load_state_dict(part.state_dict())
-    inprocess.run(resumed, _sites(cfg, train), handler=S.handle)
+    inprocess.run(resumed, _sites(cfg, train), handler=handle)
     for key in ("net", "ema"):
         for name, v in full.state[key].items():
             np.testing.assert_allclose(resumed.state[key][name], v, rtol=1e-5, atol=1e-6)
@@ -181,21 +183,21 @@ def test_configuration_errors(train: Cohort, tiny_schema: Schema) -> None:
     with pytest.raises(InputError, match="series"):
         _cfg("ehrdiff", ehrdiff={"mode": "codes"})
     with pytest.raises(InputError):
-        D.DiffusionExperiment.from_dict({"method": "cdmt-ehr", "diffusion": {"training": "local"}})
+        ExperimentConfig.from_dict({"method": "cdmt-ehr", "diffusion": {"training": "local"}})
     with pytest.raises(InputError):
-        D.DiffusionExperiment.from_dict({"method": "cdmt-ehr", "diffusion": {"bogus": 1}})
+        ExperimentConfig.from_dict({"method": "cdmt-ehr", "diffusion": {"bogus": 1}})
     with pytest.raises(InputError):
-        D.DiffusionWorkflow(D.ae_experiment(_cfg("cdmt-ehr")))  # not a diffusion method
+        D.DiffusionWorkflow(ExperimentConfig(method="fedavg"))  # not a diffusion method
     with pytest.raises(InputError, match="conditioning label"):
         _run(_cfg("cdmt-ehr", label="sepsis"), train)
 
 
 def test_local_training_uses_one_site(train: Cohort) -> None:
-    cfg = D.DiffusionExperiment.from_dict({**_cfg("cdmt-ehr").to_dict(), "local_site": "site1",
+    cfg = ExperimentConfig.from_dict({**_cfg("cdmt-ehr").to_dict(), "local_site": "site1",
                                            "diffusion": {**_cfg("cdmt-ehr").diffusion.to_dict(),
                                                          "training": "local"}})
     wf = D.make_workflow(cfg)
-    inprocess.run(wf, {"site1": SiteContext("site1", train.site("site1"), None, "cpu")}, handler=S.handle)
+    inprocess.run(wf, {"site1": SiteContext("site1", train.site("site1"), None, "cpu")}, handler=handle)
     assert wf.sites == ["site1"] and wf.done
 
 

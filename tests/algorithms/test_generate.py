@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +125,97 @@ def test_direct_baseline_bundle_has_no_autoencoder(tmp_path):
     assert not (tmp_path / "d" / "model" / "ae.safetensors").exists()
     syn = sample(tmp_path / "d", 30, seed=0)
     np.testing.assert_array_equal(np.isnan(syn.values), syn.counts == 0)
+    _assert_matches_reference(load_generator(tmp_path / "d"))
+
+
+def _deterministic(gen):
+    """Sampling without randomness after u: threshold masks and binaries, numeric means, no latent noise."""
+    sc = dataclasses.replace(gen.cfg.sampling, mask="threshold", binary="threshold", numeric="mean",
+                             latent_noise=0.0)
+    gen.cfg = dataclasses.replace(gen.cfg, sampling=sc)
+    return gen
+
+
+def _assert_matches_reference(gen, n=60, seed=4):
+    """The fast path (rewritten AE decoder with folded heads, TemporalSampler) gives the values of the reference
+    path for the same u and static draws: Autoencoder.decode → mask offsets in block order → sample_heads →
+    to_tensors. Mask cells whose logit is within 1e-3 of the threshold are skipped (float rounding order)."""
+    from fedehr.models.encoding import NumericInverse, sample_heads, to_arrays, to_tensors
+    from fedehr.models.tcvae import latent_gaussian
+    from fedehr.models.tcvae import sample as tcvae_sample
+
+    gen = _deterministic(gen)
+    lay = gen.layout
+    syn = gen.sample(n, seed=seed, batch_size=32)  # two blocks
+    g = torch.Generator().manual_seed(seed)
+    labels = gen._labels(n, np.random.default_rng(seed), {}, None)
+    np.testing.assert_array_equal(syn.labels, labels)
+    values, logits, static = [], [], []
+    with torch.no_grad():
+        for a in range(0, n, 32):
+            y = torch.as_tensor(labels[a:a + 32])
+            y = torch.cat([y, torch.ones_like(y)], 1)
+            out, sd = tcvae_sample(gen.tcvae, lay, y, generator=g, mask_mode="threshold", binary_mode="threshold",
+                                   numeric_mode="mean", u=gen._prior_u(y, g))
+            if gen.ae is not None:
+                h, _ = latent_gaussian(out, gen.cfg.tcvae.min_sigma)
+                out = gen.ae.decode(h * torch.tensor(gen.sampling["latent_std"], dtype=torch.float32)
+                                    + torch.tensor(gen.sampling["latent_mean"], dtype=torch.float32))
+            bias = gen.sampling.get("mask_bias")
+            if bias is not None:
+                out[..., lay.temporal.s_mask] += torch.as_tensor(np.asarray(bias, np.float32)[lay.temporal.order])
+            d = sample_heads(out, lay.temporal, generator=None, mask_mode="threshold", binary_mode="threshold",
+                             numeric_mode="mean")
+            lo = torch.tensor([s.valid_min for s in gen.schema.temporal], dtype=torch.float32)
+            hi = torch.tensor([s.valid_max for s in gen.schema.temporal], dtype=torch.float32)
+            v, _ = to_tensors(d, lay.temporal, NumericInverse(gen.normaliser.temporal, lay.temporal), lo, hi)
+            torch.rand(v.shape, generator=g)  # the fast path's count uniforms: the next block's u follows them
+            values.append(v.numpy())
+            lg = np.empty(v.shape, dtype=np.float32)
+            lg[..., lay.temporal.order] = out[..., lay.temporal.s_mask].numpy()
+            logits.append(lg)
+            st = to_arrays(sd, lay.static, gen.normaliser.inverse_transform_static)
+            static.append(np.clip(st, [s.valid_min for s in gen.schema.static],
+                                  [s.valid_max for s in gen.schema.static]))
+    want, logit = np.concatenate(values), np.concatenate(logits)
+    clear = np.abs(logit) > 1e-3
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(np.isnan(syn.values)[clear], np.isnan(want)[clear])
+    both = clear & np.isfinite(want) & np.isfinite(syn.values)
+    assert both.any()
+    np.testing.assert_allclose(syn.values[both], want[both], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(syn.counts > 0, np.isfinite(syn.values))
+    np.testing.assert_allclose(syn.static, np.concatenate(static), rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_fast_path_matches_the_reference_path(run_dir):
+    out, _ = run_dir
+    gen = load_generator(out)
+    assert gen.sampling.get("mask_bias") is not None  # the offsets are part of what is compared
+    _assert_matches_reference(gen)
+
+
+def test_counts_follow_the_federated_distribution(run_dir):
+    """Per feature, the counts of observed bins have the federated count distribution (sampling.count_pmf)."""
+    out, _ = run_dir
+    gen = load_generator(out)
+    syn = gen.sample(3000, seed=7)
+    pmf = np.asarray(gen.sampling["count_pmf"])
+    for f in range(len(gen.schema.temporal)):
+        k = syn.counts[..., f][syn.counts[..., f] > 0]
+        assert len(k) > 2000
+        freq = np.bincount(k, minlength=pmf.shape[1] + 1)[1:] / len(k)
+        np.testing.assert_allclose(freq[:pmf.shape[1]], pmf[f] / pmf[f].sum(), atol=0.025)
+
+
+def test_autoencoder_rewrite_is_checked(run_dir):
+    """Sampling refuses to run when its rewrite of the AE decoder disagrees with Autoencoder.decode."""
+    out, _ = run_dir
+    gen = load_generator(out)
+    decode = gen.ae.decode
+    gen.ae.decode = lambda h: decode(h) + 0.5
+    with pytest.raises(RuntimeError, match="no longer matches"):
+        gen.sample(5, seed=0)
 
 
 def test_not_a_run_directory(tmp_path):

@@ -126,13 +126,13 @@ def test_cli_refuses_bad_input_before_starting_anything(tmp_path):
     (tmp_path / "run" / "x").write_text("")
     with pytest.raises(InputError, match="already exists"):
         cli.train(cohort=cohort, method="fedavg", out=tmp_path / "run", config=None, overrides=[], device="cpu",
-                  resume=False, site=None, parallel=2, superlink=None)
+                  resume=False, site=None, parallel=2, superlink=None, federated=None)
     with pytest.raises(InputError, match="nothing to resume"):
         cli.train(cohort=cohort, method=None, out=tmp_path / "fresh", config=None, overrides=[], device=None,
-                  resume=True, site=None, parallel=2, superlink=None)
+                  resume=True, site=None, parallel=2, superlink=None, federated=None)
     with pytest.raises(InputError, match="keeps its configuration"):
         cli.train(cohort=cohort, method="fedavg", out=tmp_path / "run", config=None, overrides=[], device=None,
-                  resume=True, site=None, parallel=2, superlink=None)
+                  resume=True, site=None, parallel=2, superlink=None, federated=None)
 
 
 def test_config_presets_resolve_by_name(tmp_path, monkeypatch):

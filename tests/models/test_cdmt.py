@@ -197,16 +197,21 @@ def test_cfg_w0_is_exactly_the_conditional_model() -> None:
             torch.testing.assert_close(a, (1 + w) * c - w * un)
 
 
-def test_sampler_evaluations_shapes_and_reproducibility() -> None:
+def test_sampler_evaluations_shapes_and_reproducibility(monkeypatch: pytest.MonkeyPatch) -> None:
     """Euler: N + 1 evaluations, Heun: 2N + 1; outputs have the channel shapes and valid classes."""
     m = _model()
     calls = []
-    orig = m.forward
+    orig_fast, orig_forward = cdmt._FastEuler.network, m.forward
+
+    def counting_fast(self, *a, **k):
+        calls.append(1)
+        return orig_fast(self, *a, **k)
 
     def counting(*a, **k):
         calls.append(1)
-        return orig(*a, **k)
+        return orig_forward(*a, **k)
 
+    monkeypatch.setattr(cdmt._FastEuler, "network", counting_fast)  # Euler on CPU: the re-laid-out sampler
     m.forward = counting  # type: ignore[method-assign]
     out = cdmt.sample(m, 7, generator=torch.Generator().manual_seed(0), steps=5)
     assert len(calls) == 6
@@ -219,6 +224,66 @@ def test_sampler_evaluations_shapes_and_reproducibility() -> None:
     assert torch.equal(out["num"], again["num"]) and torch.equal(out["cat"], again["cat"])
     with pytest.raises(InputError):
         cdmt.sample(m, 2, generator=torch.Generator(), labels=torch.tensor([0, 2]))
+
+
+def _randomised(m: cdmt.CDMT, seed: int = 7) -> cdmt.CDMT:
+    """Non-zero heads and FiLM (they start at zero), so every part of the network shapes the samples."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for lin in (m.head_num, m.head_bin, m.head_multi, *m.films):
+            lin.weight.normal_(0.0, 0.5, generator=g)
+            lin.bias.normal_(0.0, 0.5, generator=g)
+        m.hour.normal_(0.0, 0.3, generator=g)
+    return m.eval()
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(patch=5), dict(rnn="lstm"), dict(layers=2, hidden=12),
+                                     dict(guidance=1.5), dict(schedule="shared", embed_dim=3)])
+def test_fast_euler_sampler_matches_the_reference_path(variant: dict) -> None:
+    """The CPU fast path (state Z = c_in·x, feature-major, folded Euler constants, rewritten BiGRU, tabulated
+    FiLM, guidance mixed in the hidden state) gives the reference path's samples from the same noise."""
+    variant = dict(variant)
+    guidance = variant.pop("guidance", 0.0)
+    m = _randomised(_model(cdmt.CDMTConfig.tiny(steps=6, **variant)))
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 1])
+    out = cdmt.sample(m, 9, generator=torch.Generator().manual_seed(3), labels=y, guidance=guidance)
+    noise = torch.randn(9, DIMS.n_bins, m.width, generator=torch.Generator().manual_seed(3))
+    u_grid, sigmas = cdmt._schedule(m, 6, torch.device("cpu"))
+    with torch.no_grad():
+        d, classes = cdmt._sample_reference(m, noise, y, u_grid, sigmas, guidance, heun=False)
+    assert float(d.abs().max()) > 0.1  # not a degenerate comparison
+    torch.testing.assert_close(out["num"], d, atol=1e-4, rtol=1e-4)
+    assert torch.equal(out["cat"], classes)
+    assert len(torch.unique(classes)) > 1
+
+
+def test_fast_bigru_equals_nn_gru() -> None:
+    """_BiGRU (both directions batched, tanh via σ, state (h + 1)/2) reproduces nn.GRU's bidirectional output."""
+    g = torch.Generator().manual_seed(0)
+    gru = torch.nn.GRU(6, 5, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x = torch.randn(4, 7, 6, generator=g)  # (B, S, H)
+    fast = cdmt._BiGRU(gru)
+    with torch.no_grad():
+        v = fast(x.permute(2, 1, 0).contiguous(), fast.workspace(7, 4, x))  # (2h, S, B)
+        torch.testing.assert_close(2 * v.permute(2, 1, 0) - 1, gru(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_parallel_batches_give_the_serial_samples_and_restore_threads() -> None:
+    """With 2 intra-op threads, batches run on 2 worker threads: same samples, thread setting restored."""
+    m = _randomised(_model(cdmt.CDMTConfig.tiny(steps=4)))
+    y = torch.randint(0, 2, (40,), generator=torch.Generator().manual_seed(1))
+    serial = cdmt.sample(m, 40, generator=torch.Generator().manual_seed(0), labels=y, batch_size=8)
+    torch.set_num_threads(2)
+    parallel = cdmt.sample(m, 40, generator=torch.Generator().manual_seed(0), labels=y, batch_size=8)
+    assert torch.get_num_threads() == 2
+    heun = cdmt.sample(m, 40, generator=torch.Generator().manual_seed(0), labels=y, batch_size=8, solver="heun")
+    torch.set_num_threads(1)
+    assert torch.equal(serial["num"], parallel["num"]) and torch.equal(serial["cat"], parallel["cat"])
+    torch.testing.assert_close(heun["num"][:8], cdmt.sample(m, 8, generator=torch.Generator().manual_seed(0),
+                                                            labels=y[:8], solver="heun")["num"])
 
 
 def test_numeric_only_latent_mode() -> None:

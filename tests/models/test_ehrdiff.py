@@ -100,6 +100,20 @@ def test_cfg_w0_is_exactly_the_conditional_model() -> None:
     assert not torch.equal(s0, s1)
 
 
+def test_shared_sigma_conditioning_equals_per_stay_conditioning() -> None:
+    """When a batch shares σ (sampling), t_emb is computed per class, not per stay: same D as one stay at a time."""
+    for n_classes, y in ((3, torch.tensor([0, 1, 2, 3, 1, 0])), (0, None)):
+        model = ehrdiff.build(ehrdiff.EHRDiffConfig.tiny(), ehrdiff.EHRDiffDims(5, n_classes),
+                              generator=torch.Generator().manual_seed(0))
+        x, sig = torch.randn(6, 5), torch.full((6,), 0.7)
+        biases, rows = model.block_biases(edm.preconditioning(sig, model.cfg.sigma_data)[3], y)
+        assert len(biases[0]) == (n_classes + 1 if n_classes else 1)
+        assert (rows is None) == (n_classes == 0)
+        one_by_one = torch.cat([model(x[i:i + 1], sig[i:i + 1], None if y is None else y[i:i + 1])
+                                for i in range(6)])
+        torch.testing.assert_close(model(x, sig, y), one_by_one)
+
+
 def test_label_errors() -> None:
     uncond = ehrdiff.build(ehrdiff.EHRDiffConfig.tiny(), ehrdiff.EHRDiffDims(4, 0))
     with pytest.raises(InputError):

@@ -144,3 +144,137 @@ def test_ar1_noise_has_the_requested_autocorrelation():
         assert lag1 == pytest.approx(rho, abs=0.02)
         assert e.std() == pytest.approx(1.0, abs=0.02)  # stationary: unit variance at every step
     assert ar1_noise((5, 2), 0.9, generator=g).shape == (5, 2)  # no time axis: plain normal draws
+
+
+# ---- the fast temporal sampler (TemporalSampler) against the reference path and its target distributions ----
+def _sampling_schema():
+    """Numeric, binary, log-normalised numeric, numeric, categorical: block order ≠ schema order, one log run."""
+    from fedehr.data.catalogue import static_specs, temporal_specs
+    from fedehr.data.cohort import Cohort
+
+    rhythm = FeatureSpec("Rhythm", "categorical", categories=("sinus", "af", "other"))
+    schema = Schema((*temporal_specs(["HR", "MechVent", "Lactate", "MAP"]), rhythm), static_specs(["Age"]),
+                    hours=6, bin_hours=1)
+    rng = np.random.default_rng(0)
+    n = 300
+    values = np.stack([rng.normal(80, 10, (n, 6)), rng.integers(0, 2, (n, 6)), rng.lognormal(0.5, 1.0, (n, 6)),
+                       rng.normal(75, 8, (n, 6)), rng.integers(0, 3, (n, 6))], -1).astype(np.float32)
+    c = Cohort(schema, np.arange(n), np.full(n, "a"), rng.uniform(20, 90, (n, 1)), values, np.ones((n, 6, 5)),
+               np.zeros((n, 1)))
+    norm = Normaliser.from_stats(site_stats(c), schema)
+    assert list(norm.temporal.log) == [False, False, True, False, False]
+    return schema, norm
+
+
+def _draw(sampler, heads, n, t, f, seed=0):
+    values = torch.empty((n, t, f))
+    counts = torch.empty((n, t, f), dtype=torch.int32)
+    sampler.draw(heads, generator=torch.Generator().manual_seed(seed), values=values, counts=counts)
+    return values.numpy(), counts.numpy()
+
+
+def test_sampler_equals_the_reference_path_for_the_same_draws():
+    """Deterministic modes: the sampler's reordered, folded computation gives the reference path's values and
+    masks (sample_heads → to_tensors with the offsets added in block order); a folded linear head equals the
+    mapped outputs of the original head."""
+    from fedehr.models.encoding import Blocks, NumericInverse, TemporalSampler, to_tensors
+
+    schema, norm = _sampling_schema()
+    b = Blocks.of(schema.temporal)
+    assert list(b.order) == [0, 2, 3, 1, 4]
+    rng = np.random.default_rng(1)
+    out = torch.as_tensor(rng.normal(0, 2, (64, 6, b.out_width)), dtype=torch.float32)
+    bias = np.array([0.5, -1.0, 0.0, 2.0, -0.3])
+    sampler = TemporalSampler(schema.temporal, norm.temporal, None, bias, mask_mode="threshold",
+                              binary_mode="threshold", numeric_mode="mean")
+    values, counts = _draw(sampler, sampler.apply_map(out), 64, 6, 5)
+    ref = out.clone()
+    ref[..., b.s_mask] += torch.as_tensor(bias[b.order], dtype=torch.float32)
+    d = sample_heads(ref, b, generator=None, mask_mode="threshold", binary_mode="threshold", numeric_mode="mean")
+    lo = torch.tensor([s.valid_min for s in schema.temporal], dtype=torch.float32)
+    hi = torch.tensor([s.valid_max for s in schema.temporal], dtype=torch.float32)
+    want, observed = to_tensors(d, b, NumericInverse(norm.temporal, b), lo, hi)
+    assert 0.2 < observed.float().mean() < 0.8
+    np.testing.assert_array_equal(np.isnan(values), ~observed.numpy())
+    np.testing.assert_allclose(values, want.numpy(), rtol=1e-5, atol=1e-5, equal_nan=True)
+    np.testing.assert_array_equal(counts, observed.numpy())  # no count distribution: one measurement per bin
+    lin = torch.nn.Linear(7, b.out_width)
+    x = torch.randn(64, 6, 7)
+    with torch.no_grad():
+        folded = [torch.nn.functional.linear(x, w, c) for w, c in sampler.fold_linear(lin.weight, lin.bias)]
+        mapped = sampler.apply_map(lin(x))
+    assert [h.shape[-1] for h in folded] == [5, 5, 5, 1 + 3]
+    for got, exp in zip(folded, mapped, strict=True):
+        torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("support", [3, 12])  # K comparisons, and the binary search for long count supports
+def test_sampler_masks_and_counts_follow_their_distributions(support):
+    """Observed rates equal σ(ℓ + b); counts are 0 exactly where values are NaN and, where observed, follow the
+    federated count distribution (chi-square per feature), also for features observed rarely or almost always
+    (the count reuses the mask's uniform)."""
+    from scipy.stats import chisquare
+
+    from fedehr.models.encoding import Blocks, TemporalSampler
+
+    schema, norm = _sampling_schema()
+    b = Blocks.of(schema.temporal)
+    p = np.array([0.05, 0.3, 0.5, 0.8, 0.95])
+    pmf = np.zeros((5, support))
+    pmf[:, :3] = [[0.5, 0.3, 0.2], [1.0, 0.0, 0.0], [0.1, 0.1, 0.8], [0.6, 0.4, 0.0], [0.2, 0.2, 0.6]]
+    if support > 3:
+        pmf[0] = np.full(support, 1.0 / support)
+    n, t = 4000, 6
+    out = torch.zeros((n, t, b.out_width))
+    out[..., b.s_mask] = torch.as_tensor(np.log(p / (1 - p))[b.order], dtype=torch.float32)
+    bias = np.array([0.0, 0.0, 0.0, 0.0, 0.0])
+    sampler = TemporalSampler(schema.temporal, norm.temporal, pmf, bias)
+    values, counts = _draw(sampler, sampler.apply_map(out), n, t, 5, seed=support)
+    obs = counts > 0
+    np.testing.assert_array_equal(np.isnan(values), ~obs)
+    rate = obs.mean(axis=(0, 1))
+    assert (np.abs(rate - p) < 5 * np.sqrt(p * (1 - p) / (n * t))).all(), rate
+    for f in range(5):
+        k = counts[..., f][obs[..., f]]
+        freq = np.bincount(k, minlength=support + 1)[1:]
+        assert len(freq) == support and freq[pmf[f] == 0].sum() == 0, (f, freq)
+        keep = pmf[f] > 0
+        if keep.sum() > 1:
+            assert chisquare(freq[keep], pmf[f][keep] * freq.sum()).pvalue > 1e-4, (f, freq)
+    # Threshold masks: observed ⟺ p > ½, and the counts still follow the distribution.
+    thr = TemporalSampler(schema.temporal, norm.temporal, pmf, bias, mask_mode="threshold")
+    _, counts = _draw(thr, thr.apply_map(out), n, t, 5, seed=1)
+    np.testing.assert_array_equal((counts > 0).all(axis=(0, 1)), p > 0.5)
+    np.testing.assert_array_equal((counts > 0).any(axis=(0, 1)), p > 0.5)
+    freq = np.bincount(counts[..., 4].ravel(), minlength=4)[1:4] / (n * t)
+    np.testing.assert_allclose(freq, pmf[4, :3], atol=0.015)
+
+
+def test_sampler_values_follow_the_heads():
+    """All bins observed: numeric values are N(μ, σ²) on the normalised scale with lag-1 correlation ρ along time
+    (the log feature on the log scale), binary values Bernoulli(σ(logit)), categories softmax(logits)."""
+    from fedehr.models.encoding import Blocks, TemporalSampler
+
+    schema, norm = _sampling_schema()
+    b = Blocks.of(schema.temporal)
+    n, t = 4000, 6
+    out = torch.zeros((n, t, b.out_width))
+    out[..., b.s_num] = torch.tensor([0.3, -0.2, 0.5])         # μ of HR, Lactate, MAP (normalised)
+    out[..., b.s_logvar] = torch.tensor([np.log(0.25), np.log(0.09), np.log(1.0)])  # σ = 0.5, 0.3, 1
+    out[..., b.s_bin] = 1.0                                     # MechVent: P(1) = σ(1)
+    out[..., b.s_cat] = torch.tensor([0.0, 1.0, -1.0])
+    out[..., b.s_mask] = 30.0
+    sampler = TemporalSampler(schema.temporal, norm.temporal, None, None, rho=0.8)
+    values, counts = _draw(sampler, sampler.apply_map(out), n, t, 5, seed=3)
+    assert (counts == 1).all() and np.isfinite(values).all()
+    cols = norm.temporal
+    for f, mu, sd in ((0, 0.3, 0.5), (2, -0.2, 0.3), (3, 0.5, 1.0)):
+        x = values[..., f].astype(np.float64)
+        g = np.log(x - cols.origin[f]) if cols.log[f] else x
+        z = (g - cols.shift[f]) / cols.scale[f]
+        assert z.mean() == pytest.approx(mu, abs=0.02) and z.std() == pytest.approx(sd, rel=0.02), f
+        assert np.corrcoef(z[:, 1:].ravel(), z[:, :-1].ravel())[0, 1] == pytest.approx(0.8, abs=0.02), f
+    assert values[..., 1].mean() == pytest.approx(1 / (1 + np.exp(-1.0)), abs=0.01)
+    soft = np.exp([0.0, 1.0, -1.0]) / np.exp([0.0, 1.0, -1.0]).sum()
+    np.testing.assert_allclose(np.bincount(values[..., 4].astype(int).ravel(), minlength=3) / (n * t), soft,
+                               atol=0.01)

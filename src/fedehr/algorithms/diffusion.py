@@ -39,12 +39,11 @@ from fedehr.algorithms.diffusion_spec import (
     DESCRIPTIONS,
     DIFFUSION_METHODS,
     DiffusionConfig,
-    DiffusionExperiment,
     Experiment,
-    ae_experiment,
     channel_layout,
     label_index,
     network,
+    nfe,
 )
 from fedehr.algorithms.fedehr_gen import prefixed, strip_prefix
 from fedehr.algorithms.protocol import Reply, Task
@@ -59,8 +58,8 @@ from fedehr.models.diffusion import cdmt, channels, ehrdiff
 from fedehr.models.encoding import Layout
 from fedehr.training.checkpoint import state_to_numpy
 
-__all__ = ["DESCRIPTIONS", "DIFFUSION_METHODS", "SITE_HANDLERS", "DiffusionConfig", "DiffusionExperiment",
-           "DiffusionGenerator", "DiffusionWorkflow", "fit_codes", "load_generator", "make_workflow"]
+__all__ = ["DESCRIPTIONS", "DIFFUSION_METHODS", "SITE_HANDLERS", "DiffusionConfig", "DiffusionGenerator",
+           "DiffusionWorkflow", "fit_codes", "load_generator", "make_workflow"]
 Arrays = dict[str, np.ndarray]
 
 
@@ -130,6 +129,7 @@ class DiffusionWorkflow:
         self.history: list[dict[str, Any]] = []
         self.evaluation: dict[str, dict[str, Any]] = {}
         self._synthetic: tuple[int, Cohort] | None = None
+        self.sampling_seconds: float | None = None  # wall time of the evaluation sample (None: none drawn)
         self._cfg_json = json.dumps(cfg.to_dict())
 
     @property
@@ -153,8 +153,7 @@ class DiffusionWorkflow:
 
     def _task(self, action: str, kind: tuple[Any, ...], config: dict[str, Any] | None = None,
               arrays: Arrays | None = None) -> Task:
-        base: dict[str, Any] = {"dcfg": self._cfg_json, "cfg": json.dumps(ae_experiment(self.cfg).to_dict()),
-                                "step": self.step, "round": self.step}
+        base: dict[str, Any] = {"cfg": self._cfg_json, "step": self.step, "round": self.step}
         if self.normaliser is not None:
             base["normaliser"] = json.dumps(self.normaliser.to_dict())
         if self.single:
@@ -347,12 +346,23 @@ class DiffusionWorkflow:
         return save_run(run_dir, cfg=self.cfg, schema=self.schema, normaliser=self.normaliser,
                         models=self._models(), sampling=self._sampling_info())
 
+    def sampler_info(self) -> dict[str, Any]:
+        """The sampler's settings and NFE, and the speed of the evaluation sample when one was drawn."""
+        d = self.cfg.diffusion
+        net = d.ehrdiff if self.cfg.method == "ehrdiff" else d.cdmt
+        info: dict[str, Any] = {"steps": net.steps, "solver": "heun" if self.cfg.method == "ehrdiff" else d.cdmt.solver,
+                                "guidance": net.guidance, "nfe": nfe(self.cfg), "n": self.cfg.eval_sample,
+                                "seconds": self.sampling_seconds, "stays_per_s": None}
+        if self.sampling_seconds:
+            info["stays_per_s"] = self.cfg.eval_sample / self.sampling_seconds
+        return info
+
     def metrics(self) -> dict[str, Any]:
         d = self.cfg.diffusion
         return {"method": self.cfg.method, "training": d.training, "sites": list(self.sites),
                 "n_train": dict(self.n_train), "n_test": dict(self.n_test), "step": self.step,
                 "total_steps": len(self.plan), "aggregation": {"diffusion": d.training, "prox_mu": d.prox_mu},
-                "rounds": self.history, "evaluation": self.evaluation}
+                "sampling": self.sampler_info(), "rounds": self.history, "evaluation": self.evaluation}
 
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -364,7 +374,7 @@ class DiffusionWorkflow:
             "schema": self.schema.to_dict() if self.schema is not None else None,
             "normaliser": self.normaliser.to_dict() if self.normaliser is not None else None,
             "sampling": self.sampling, "history": self.history, "evaluation": self.evaluation,
-            "state_keys": sorted(self.state)}
+            "sampling_seconds": self.sampling_seconds, "state_keys": sorted(self.state)}
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -384,11 +394,12 @@ class DiffusionWorkflow:
         self.normaliser = Normaliser.from_dict(meta["normaliser"]) if meta["normaliser"] else None
         self.sampling = dict(meta["sampling"])
         self.history, self.evaluation = list(meta["history"]), dict(meta["evaluation"])
+        self.sampling_seconds = meta.get("sampling_seconds")
         self.state = {k: strip_prefix(arrays, f"{k}/") for k in meta["state_keys"]}
         self._synthetic = None
 
 
 def make_workflow(cfg: Experiment) -> DiffusionWorkflow:
-    """The server workflow of a diffusion method (what fedehr.algorithms.registry.make_workflow should return
-    for ``cfg.method in DIFFUSION_METHODS``)."""
+    """The server workflow of a diffusion method (fedehr.algorithms.registry.make_workflow returns it for
+    ``cfg.method in DIFFUSION_METHODS``)."""
     return DiffusionWorkflow(cfg)

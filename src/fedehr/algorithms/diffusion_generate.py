@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedehr.algorithms.diffusion_spec import Experiment, channel_layout, experiment_from_dict, label_index, network
-from fedehr.config import resolve_device
+from fedehr.algorithms.diffusion_spec import Experiment, channel_layout, label_index, network, nfe
+from fedehr.config import ExperimentConfig, resolve_device
 from fedehr.data.cohort import Cohort
 from fedehr.data.schema import Schema
 from fedehr.data.transforms import Normaliser
@@ -84,12 +84,32 @@ class DiffusionGenerator:
             probs = np.array([1.0 - prevalence, prevalence])
         return rng.choice(len(probs), size=n, p=probs / probs.sum())
 
+    def sampler(self, steps: int | None = None, guidance: float | None = None) -> dict[str, Any]:
+        """The sampler settings a call of :meth:`sample` with these arguments uses (None: the config's), with
+        its NFE (solver evaluations of the guided denoiser per stay)."""
+        d = self.cfg.diffusion
+        net = d.ehrdiff if self.cfg.method == "ehrdiff" else d.cdmt
+        steps = net.steps if steps is None else steps
+        guidance = net.guidance if guidance is None else guidance
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise InputError("sampling steps must be a whole number >= 1", field="steps", value=steps)
+        if not isinstance(guidance, int | float) or not guidance >= 0:
+            raise InputError("guidance weight must be a number >= 0", field="guidance", value=guidance)
+        if guidance > 0 and label_index(self.cfg, self.schema) is None:
+            raise InputError("classifier-free guidance needs a conditional model; this one is unconditional",
+                             field="guidance", value=guidance, expected="0 (or train with diffusion.label set)")
+        solver = "heun" if self.cfg.method == "ehrdiff" else d.cdmt.solver
+        return {"steps": steps, "guidance": float(guidance), "solver": solver, "nfe": nfe(self.cfg, steps)}
+
     @torch.no_grad()
     def sample(self, n: int, *, seed: int = 0, condition: dict[str, float] | None = None,
-               prevalence: float | None = None, device: str = "cpu", batch_size: int | None = None) -> Cohort:
-        """``n`` synthetic stays as a Cohort (site 'synthetic', fresh stay ids)."""
+               prevalence: float | None = None, device: str = "cpu", batch_size: int | None = None,
+               steps: int | None = None, guidance: float | None = None) -> Cohort:
+        """``n`` synthetic stays as a Cohort (site 'synthetic', fresh stay ids); ``steps`` / ``guidance`` override
+        the config's sampler (see :meth:`sampler`)."""
         if n < 1:
             raise InputError("number of stays to sample must be >= 1", field="n", value=n)
+        opts = self.sampler(steps, guidance)
         device = resolve_device(device)
         self.net.to(device).eval()
         rng = np.random.default_rng(seed)
@@ -97,11 +117,13 @@ class DiffusionGenerator:
         y = self._labels(n, rng, condition, prevalence)
         yt = None if y is None else torch.as_tensor(y, device=device)
         if self.cfg.method == "ehrdiff":
-            x = ehrdiff.sample(self.net, n, generator=gen, labels=yt, batch_size=batch_size or 4096)
+            x = ehrdiff.sample(self.net, n, generator=gen, labels=yt, batch_size=batch_size or 4096,
+                               steps=opts["steps"], guidance=opts["guidance"])
             out = channels.decode_series(x.cpu().numpy(), channels.MinMax.from_dict(self.sampling["minmax"]),
                                          self.schema)
         else:
-            draw = cdmt.sample(self.net, n, generator=gen, labels=yt, batch_size=batch_size)
+            draw = cdmt.sample(self.net, n, generator=gen, labels=yt, batch_size=batch_size, steps=opts["steps"],
+                               guidance=opts["guidance"])
             out = self._decode_cdmt(draw, gen)
         counts = draw_counts(np.isfinite(out["values"]), np.asarray(self.sampling["count_pmf"]), rng)
         labels = np.full((n, len(self.schema.labels)), np.nan, dtype=np.float32)
@@ -111,7 +133,7 @@ class DiffusionGenerator:
         return Cohort(self.schema, SYNTHETIC_ID_BASE + np.arange(n, dtype=np.int64), np.full(n, "synthetic"),
                       out["static"], out["values"], counts, labels,
                       meta={"synthetic": True, "generator": self.cfg.method, "run": self.run, "seed": int(seed),
-                            "condition": dict(condition or {}), "prevalence": prevalence})
+                            "condition": dict(condition or {}), "prevalence": prevalence, "sampler": opts})
 
     def _decode_cdmt(self, draw: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, np.ndarray]:
         layout = channel_layout(self.cfg, self.schema)
@@ -175,7 +197,8 @@ def load_generator(run_dir: str | Path) -> DiffusionGenerator:
     if sampling.get("generator") != "diffusion":
         raise InputError("the run was not trained by a diffusion method", file=run_dir / "sampling.json",
                          field="generator", value=sampling.get("generator"), expected="diffusion")
-    cfg = experiment_from_dict(tomllib.loads((run_dir / "config.toml").read_text()))
+    cfg = ExperimentConfig.from_dict(tomllib.loads((run_dir / "config.toml").read_text()),
+                                     file=run_dir / "config.toml")
     schema = Schema.from_dict(json.loads((run_dir / "schema.json").read_text()))
     normaliser = Normaliser.from_dict(json.loads((run_dir / "normaliser.json").read_text()))
     models = {p.stem: safetensors.numpy.load_file(str(p)) for p in sorted((run_dir / "model").glob("*.safetensors"))}

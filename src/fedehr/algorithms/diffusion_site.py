@@ -1,4 +1,5 @@
-"""Site side of the diffusion methods: ``handle(task, ctx) -> Reply`` on one hospital's own data.
+"""Site side of the diffusion methods: the handlers of their own actions, which fedehr.algorithms.site adds to
+its one table (so a single ClientApp serves every method; ``site.handle`` is the entry point).
 
 Actions (server: fedehr.algorithms.diffusion):
 
@@ -10,6 +11,7 @@ Actions (server: fedehr.algorithms.diffusion):
                 weights, the number of steps and the losses
 
 Replies never hold per-stay data. Randomness comes from generators seeded by (ctx.seed, site, action, round).
+fedehr.algorithms.site imports this module, so its helpers are imported here where they are used.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedehr.algorithms import site
-from fedehr.algorithms.diffusion_spec import Experiment, channel_layout, experiment_from_dict, label_index, network
+from fedehr.algorithms.diffusion_spec import Experiment, channel_layout, label_index, network
 from fedehr.algorithms.diffusion_spec import objective as model_objective
 from fedehr.algorithms.protocol import Reply, SiteContext, Task
 from fedehr.config import resolve_device
@@ -39,14 +40,9 @@ from fedehr.training.loop import TrainConfig, default_optimizer, ordered_batches
 
 
 def _experiment(task: Task, ctx: SiteContext) -> Experiment:
-    raw = task.config.get("dcfg")
-    if not isinstance(raw, str):
-        raise FedEHRError(f"task {task.action!r} carries no diffusion experiment configuration")
-    cache = ctx.state.get("_dcfg")
-    if cache is None or cache[0] != raw:
-        cache = (raw, experiment_from_dict(json.loads(raw)))
-        ctx.state["_dcfg"] = cache
-    return cache[1]
+    from fedehr.algorithms.site import experiment_config
+
+    return experiment_config(task, ctx)
 
 
 def _fingerprint(*parts: Any) -> int:
@@ -104,9 +100,11 @@ def _data(task: Task, ctx: SiteContext, cfg: Experiment) -> dict[str, torch.Tens
 
 
 def _dm_stats(task: Task, ctx: SiteContext) -> Reply:
+    from fedehr.algorithms.site import count_histogram
+
     cfg = _experiment(task, ctx)
     arrays = {f"stats/{k}": v for k, v in fedstats.site_stats(ctx.train).to_arrays().items()}
-    arrays["count_hist"] = site.count_histogram(ctx.train.counts, cfg.sampling.max_count)
+    arrays["count_hist"] = count_histogram(ctx.train.counts, cfg.sampling.max_count)
     y = _labels(cfg, ctx)
     arrays["label_counts"] = np.bincount(y[y >= 0], minlength=2).astype(np.int64) if y is not None else \
         np.zeros(0, dtype=np.int64)
@@ -148,6 +146,8 @@ class LocalObjective:
 
 
 def _dm_train(task: Task, ctx: SiteContext) -> Reply:
+    from fedehr.algorithms.site import seed_for
+
     cfg = _experiment(task, ctx)
     d = cfg.diffusion
     dev = resolve_device(ctx.device)
@@ -155,8 +155,8 @@ def _dm_train(task: Task, ctx: SiteContext) -> Reply:
     n_classes = int(task.config["n_classes"])
     model = load_numpy_state(network(cfg, ctx.train.schema, n_classes), dict(task.arrays), "net/").to(dev)
     ema = load_numpy_state(network(cfg, ctx.train.schema, n_classes), dict(task.arrays), "ema/").to(dev)
-    cpu = torch.Generator().manual_seed(site.seed_for(ctx, task, "cpu"))
-    gen = torch.Generator(device=dev).manual_seed(site.seed_for(ctx, task, "device"))
+    cpu = torch.Generator().manual_seed(seed_for(ctx, task, "cpu"))
+    gen = torch.Generator(device=dev).manual_seed(seed_for(ctx, task, "device"))
     tc = TrainConfig(epochs=int(task.config["epochs"]), lr=d.stage.lr, grad_clip=d.stage.grad_clip,
                      weight_decay=d.stage.weight_decay, optimizer=d.stage.optimizer)
     opt = default_optimizer(list(model.parameters()), tc)
@@ -180,10 +180,3 @@ def _dm_train(task: Task, ctx: SiteContext) -> Reply:
 
 
 SITE_HANDLERS: dict[str, Callable[[Task, SiteContext], Reply]] = {"dm-stats": _dm_stats, "dm-train": _dm_train}
-HANDLERS: dict[str, Callable[[Task, SiteContext], Reply]] = {
-    **{k: site.HANDLERS[k] for k in ("hello", "ae-train", "latent-stats", "evaluate")}, **SITE_HANDLERS}
-
-
-def handle(task: Task, ctx: SiteContext) -> Reply:
-    """Run one diffusion-method task on this site's data (the entry point a runtime calls)."""
-    return site.dispatch(HANDLERS, task, ctx)

@@ -69,6 +69,8 @@ def build_plan(cfg: ExperimentConfig) -> list[tuple[Any, ...]]:
                 plan.append(("ae-average", r))
         plan.append(("latent-stats",))
     plan.extend(("tcvae-train", r) for r in range(cfg.stage2.rounds))
+    if cfg.sampling.prior == "site-moments":
+        plan.append(("prior-stats",))
     if cfg.eval_sample > 0:
         plan.append(("evaluate",))
     return plan
@@ -282,6 +284,15 @@ class GenWorkflow:
         config = {"epochs": e, "epoch_offset": r * e, "total_epochs": self.cfg.stage2.rounds * e}
         return self._task("tcvae-train", kind, config, arrays)
 
+    def _make_prior_stats(self, kind: tuple[Any, ...]) -> Task:
+        assert self.tcvae is not None
+        arrays = prefixed(self.tcvae, "tcvae/")
+        if self.cfg.two_stage:
+            arrays.update(self._encoder_arrays())
+            arrays["latent_mean"] = np.asarray(self.sampling["latent_mean"], dtype=np.float32)
+            arrays["latent_std"] = np.asarray(self.sampling["latent_std"], dtype=np.float32)
+        return self._task("prior-stats", kind, arrays=arrays)
+
     def _make_evaluate(self, kind: tuple[Any, ...]) -> Task:
         if self._pending is None or self._pending.step != self.step:
             self._pending = _Pending(self.step, synthetic=self.sample_for_evaluation())
@@ -368,7 +379,7 @@ class GenWorkflow:
         v = np.stack([r.arrays["post_var"] for r in got])
         w = site_weights(self.rule, n, m, v, divergence=self.cfg.weighting.divergence,
                          temperature=self.cfg.weighting.temperature,
-                         min_temperature=self.cfg.weighting.min_temperature)
+                         min_temperature=self.cfg.weighting.min_temperature, tau_rule=self.cfg.weighting.tau_rule)
         self.tcvae = weighted_average([strip_prefix(r.arrays, "tcvae/") for r in got], w.alpha)
         entry.update({"weights": dict(zip(sites, w.alpha.tolist(), strict=True)),
                       "divergence": dict(zip(sites, w.divergence.tolist(), strict=True)), "tau": w.tau,
@@ -379,13 +390,31 @@ class GenWorkflow:
                 entry[f"loss_{part}"] = vals
         if self.single:
             self.opt = {k: v for k, v in got[0].arrays.items() if k.startswith("opt/")}
-        if kind[1] == self.cfg.stage2.rounds - 1 and self.cfg.sampling.calibrate_mask:
-            from fedehr.algorithms.generate import calibrate_mask
+        last = kind[1] == self.cfg.stage2.rounds - 1
+        if last and self.cfg.sampling.calibrate_mask and self.cfg.sampling.prior != "site-moments":
+            entry["mask_bias"] = self._calibrate()
 
-            self.sampling.pop("mask_bias", None)
-            bias = calibrate_mask(self.generator(), np.asarray(self.sampling["observed_rate"]), seed=self.cfg.seed)
-            self.sampling["mask_bias"] = bias.tolist()
-            entry["mask_bias"] = dict(zip(self.schema.temporal_names, bias.tolist(), strict=True))  # type: ignore[union-attr]
+    def _receive_prior_stats(self, kind: tuple[Any, ...], got: list[Reply], entry: dict[str, Any]) -> None:
+        from fedehr.algorithms.latent_prior import build_mixture
+
+        assert self.schema is not None
+        stats = [(r.site, r.arrays["prior_n"], r.arrays["prior_sum"], r.arrays["prior_sumsq"]) for r in got]
+        mix = build_mixture(stats, 2 ** len(self.schema.labels))
+        self.sampling["prior_mixture"] = mix
+        entry.update({"components": len(mix["weight"]), "fallback_patterns": mix["fallback"],
+                      "withheld": {r.site: int(r.metrics.get("withheld_patterns", 0)) for r in got}})
+        if self.cfg.sampling.calibrate_mask:  # calibrated under the prior that sampling uses
+            entry["mask_bias"] = self._calibrate()
+
+    def _calibrate(self) -> dict[str, float]:
+        """Fit the per-feature mask offsets of the current generator (sampling.calibrate_mask)."""
+        from fedehr.algorithms.generate import calibrate_mask
+
+        assert self.schema is not None
+        self.sampling.pop("mask_bias", None)
+        bias = calibrate_mask(self.generator(), np.asarray(self.sampling["observed_rate"]), seed=self.cfg.seed)
+        self.sampling["mask_bias"] = bias.tolist()
+        return dict(zip(self.schema.temporal_names, bias.tolist(), strict=True))
 
     def _receive_evaluate(self, kind: tuple[Any, ...], got: list[Reply], entry: dict[str, Any]) -> None:
         self.evaluation = {r.site: dict(r.metrics) for r in got}

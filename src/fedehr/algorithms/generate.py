@@ -3,7 +3,9 @@
 One draw (vectorised over a batch of stays):
   1. labels y ~ the federated label distribution (joint label patterns counted at the sites), or fixed by
      ``condition`` / redrawn with a requested ``prevalence`` (other labels then follow the conditional);
-  2. u ~ N(0, I); static ŝ ~ p(s | u, y) (``condition`` may fix static features, see ``_static_hook``);
+  2. u from the mixture of the sites' aggregate posterior moments for the stay's label pattern (sampling.prior
+     'site-moments', fedehr.algorithms.latent_prior) or the TCVAE's prior p(u | y) ('learned'); static
+     ŝ ~ p(s | u, y) (``condition`` may fix static features, see ``_static_hook``);
   3. the TCVAE decoder gives the latent sequence h_t = ĥ_t + latent_noise · σ̂_t ε (un-standardised with the
      federated latent moments); the frozen global AE decoder maps it to head outputs (fedavg-direct: the TCVAE
      outputs the heads); mask logits get the federated calibration offsets (calibrate_mask);
@@ -12,16 +14,25 @@ One draw (vectorised over a batch of stays):
   5. counts = mask × a count drawn from the federated per-feature distribution of measurements per bin.
 Conditioning on a static feature sets it before the sequence is decoded (an intervention on s in
 p(h | u, y, s)); u is still drawn from the prior, so this is not an exact posterior conditional.
+
+Speed (benchmarks/bench_sampling.py): on the CPU stays go through in blocks of at most CPU_BLOCK, so that a
+block's (B, T, ·) tensors stay in cache; steps 3-5 after the TCVAE run on the AE decoder rewritten for sampling
+(_Plan: the latent un-standardisation folded into its first layer, its head split into the four contiguous
+"sampling heads" of fedehr.models.encoding.TemporalSampler with the mask offsets and the inverse normalisation
+folded in) and write straight into the cohort's arrays. The mask and the count of a cell share one uniform
+(exact, see TemporalSampler). Results are reproducible for a given seed, device and batch size.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fedehr.config import ExperimentConfig, resolve_device
 from fedehr.data.cohort import Cohort
@@ -29,12 +40,58 @@ from fedehr.data.schema import Schema
 from fedehr.data.transforms import Normaliser
 from fedehr.errors import InputError
 from fedehr.models.autoencoder import Autoencoder, build_autoencoder
-from fedehr.models.encoding import Layout, NumericInverse, ar1_noise, sample_heads, to_arrays, to_tensors
+from fedehr.models.encoding import Layout, TemporalSampler, ar1_noise, to_arrays
 from fedehr.models.tcvae import TCVAE, build_for, latent_gaussian
 from fedehr.models.tcvae import sample as tcvae_sample
 from fedehr.training.checkpoint import load_bundle, load_numpy_state
 
 SYNTHETIC_ID_BASE = 10**12  # synthetic stay ids start here, far above real ids
+SEQ_BLOCK = 512  # on the CPU: stays per TCVAE batch
+CPU_BLOCK = 512  # on the CPU: stays per decoding chunk, so that its (B, T, ·) tensors stay in cache
+
+
+Affine = tuple[torch.Tensor, torch.Tensor]  # a linear layer's (weight (out, in), bias (out,))
+
+
+@functools.cache
+def _onednn_linear() -> bool:
+    """Whether torch's oneDNN linear kernel is usable here (checked once against F.linear). On the CPUs we
+    measured (AMD EPYC, MKL's generic path) it runs these skinny per-hour layers 2-3× faster than F.linear."""
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = torch.randn(64, 16, generator=g), torch.randn(24, 16, generator=g), torch.randn(24, generator=g)
+        got = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
+        return bool(torch.backends.mkldnn.is_available() and torch.allclose(got, F.linear(x, w, b).relu(), atol=1e-5))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _linear(x: torch.Tensor, layer: Affine, relu: bool = False) -> torch.Tensor:
+    """x (..., in) → (..., out), optionally ReLU'd: oneDNN on float32 CPU tensors when available, else F.linear."""
+    w, b = layer
+    if w.shape[0] == 0:
+        return x.new_empty((*x.shape[:-1], 0))
+    if x.device.type == "cpu" and x.dtype == torch.float32 and w.is_contiguous() and _onednn_linear():
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w, b, "relu" if relu else "none", [], "")
+    y = F.linear(x, w, b)
+    return y.relu_() if relu else y
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Per-call sampling state: the temporal sampler and, for two-stage methods, the AE decoder rewritten for it:
+    hidden layers (the first one absorbs the latent un-standardisation h·std + mean) and the four sampling heads
+    (TemporalSampler.fold_linear: mask offsets and inverse normalisation folded in)."""
+
+    sampler: TemporalSampler
+    hidden: tuple[Affine, ...] = ()
+    heads: tuple[Affine, ...] = ()
+
+    def decode(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """Standardised latent codes (B, T, d) → the four sampling heads (B, T, ·)."""
+        for layer in self.hidden:
+            h = _linear(h, layer, relu=True)
+        return [_linear(h, layer) for layer in self.heads]
 
 
 @dataclass
@@ -143,7 +200,6 @@ class SyntheticGenerator:
         return labels, static
 
     # ---- sampling ----------------------------------------------------------------------------------------
-    @torch.no_grad()
     def sample(self, n: int, *, seed: int = 0, condition: dict[str, float] | None = None,
                prevalence: float | None = None, device: str = "cpu", batch_size: int | None = None) -> Cohort:
         """``n`` synthetic stays as a Cohort (site 'synthetic', fresh stay ids)."""
@@ -153,22 +209,44 @@ class SyntheticGenerator:
             raise InputError("prevalence must be a probability", field="prevalence", value=prevalence,
                              expected="a number in [0, 1]")
         device = resolve_device(device)
-        self.to(device)
+        self.to(device)  # outside inference mode: moved parameters stay ordinary tensors
+        with torch.inference_mode():
+            return self._sample(n, seed, condition, prevalence, device, batch_size)
+
+    def _sample(self, n: int, seed: int, condition: dict[str, float] | None, prevalence: float | None,
+                device: str, batch_size: int | None) -> Cohort:
         fixed_labels, fixed_static = self._check_condition(condition)
         rng = np.random.default_rng(seed)
         gen = torch.Generator(device=device).manual_seed(int(seed))
         labels = self._labels(n, rng, fixed_labels, prevalence)
         hook = self._static_hook(fixed_static)
         bs = batch_size or self.cfg.sampling.batch_size
+        on_cpu = torch.device(device).type == "cpu"
+        chunk = bs
+        if on_cpu:  # TCVAE batches of up to SEQ_BLOCK stays, decoded and drawn in cache-sized chunks
+            bs = min(bs, SEQ_BLOCK)
+            chunk = min(bs, CPU_BLOCK)
         t, f = self.schema.n_bins, len(self.schema.temporal)
         values = np.empty((n, t, f), dtype=np.float32)
         counts = np.empty((n, t, f), dtype=np.uint16)
         static = np.empty((n, len(self.schema.static)), dtype=np.float32)
-        cdf = self._count_cdf(device)
+        plan = self._plan(device)
+        out_v, out_c = (torch.from_numpy(values), torch.from_numpy(counts)) if on_cpu else (None, None)
         for a in range(0, n, bs):
             y = torch.as_tensor(labels[a:a + bs], device=device)
-            v, c, s = self._batch(torch.cat([y, torch.ones_like(y)], 1), gen, hook, cdf)
-            values[a:a + bs], counts[a:a + bs], static[a:a + bs] = v, c, s
+            seq, static_draws = self._sequence(torch.cat([y, torch.ones_like(y)], 1), gen, hook)
+            for a2 in range(0, len(y), chunk):
+                heads = self._decode(seq[a2:a2 + chunk], gen, plan)
+                i, j = a + a2, a + min(a2 + chunk, len(y))
+                if on_cpu:  # written straight into the cohort's arrays
+                    plan.sampler.draw(heads, generator=gen, values=out_v[i:j], counts=out_c[i:j])
+                else:
+                    v = torch.empty((j - i, t, f), dtype=torch.float32, device=device)
+                    c = torch.empty((j - i, t, f), dtype=torch.int32, device=device)
+                    plan.sampler.draw(heads, generator=gen, values=v, counts=c)
+                    values[i:j], counts[i:j] = v.cpu().numpy(), c.cpu().numpy()
+            if self.schema.static:
+                static[a:a + bs] = self._static_arrays(static_draws)
         for j, val in fixed_static.items():
             static[:, j] = val  # exact value (the normalise → invert round trip is only float-exact)
         return Cohort(self.schema, SYNTHETIC_ID_BASE + np.arange(n, dtype=np.int64), np.full(n, "synthetic"),
@@ -176,73 +254,80 @@ class SyntheticGenerator:
                       meta={"synthetic": True, "generator": self.cfg.method, "run": self.run, "seed": int(seed),
                             "condition": dict(condition or {}), "prevalence": prevalence})
 
-    def _post(self, device: torch.device) -> tuple[NumericInverse, torch.Tensor, torch.Tensor]:
-        """Inverse normalisation and valid ranges of the temporal features, on ``device`` (cached)."""
-        key = str(device)
-        if getattr(self, "_post_cache", (None,))[0] != key:
-            lay = self.layout
-            lo = torch.tensor([s.valid_min for s in self.schema.temporal], dtype=torch.float32, device=device)
-            hi = torch.tensor([s.valid_max for s in self.schema.temporal], dtype=torch.float32, device=device)
-            self._post_cache = (key, (NumericInverse(self.normaliser.temporal, lay.temporal, device), lo, hi))
-        return self._post_cache[1]
-
-    def _count_cdf(self, device: str) -> torch.Tensor:
-        pmf = np.asarray(self.sampling["count_pmf"], dtype=np.float64)  # (F, K) P(count = k + 1 | observed)
-        cdf = np.cumsum(pmf, axis=1)
-        cdf /= np.maximum(cdf[:, -1:], 1e-12)
-        keep = max(int((cdf < 1.0 - 1e-9).sum(1).max()) + 1, 1)  # trim the all-zero tail
-        return torch.as_tensor(cdf[:, :keep], dtype=torch.float32, device=device).contiguous()
-
-    def _heads(self, y: torch.Tensor, gen: torch.Generator, hook) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Temporal head outputs (B, T, D_out) with the calibrated mask offsets, and the static draws."""
+    def _plan(self, device: str | torch.device, *, calibrated: bool = True) -> _Plan:
+        """The sampler and the rewritten AE decoder (see _Plan), built once per sample() call. The rewrite assumes
+        Autoencoder.decode = head ∘ (Linear → ReLU)*; it is checked against decode on a few codes every time."""
         sc = self.cfg.sampling
-        lay = self.layout
-        out, static_draws = tcvae_sample(self.tcvae, lay, y, generator=gen, mask_mode=sc.mask,
-                                         binary_mode=sc.binary, numeric_mode=sc.numeric, static_hook=hook)
-        if self.ae is not None:
-            h, logvar = latent_gaussian(out, self.cfg.tcvae.min_sigma)  # (B, T, d) each
-            if sc.latent_noise > 0:
-                eps = ar1_noise(tuple(h.shape), sc.noise_rho, generator=gen, device=h.device)
-                h = h + sc.latent_noise * torch.exp(0.5 * logvar) * eps
-            mean = torch.as_tensor(self.sampling["latent_mean"], dtype=out.dtype, device=out.device)
-            std = torch.as_tensor(self.sampling["latent_std"], dtype=out.dtype, device=out.device)
-            out = self.ae.decode(h * std + mean)                     # (B, T, D_out) head outputs
-        bias = self.sampling.get("mask_bias")
-        if bias is not None:
-            b = torch.as_tensor(np.asarray(bias, dtype=np.float32)[lay.temporal.order], device=out.device)
-            out[..., lay.temporal.s_mask] += b  # out is a fresh decoder output (no autograd under no_grad)
-        return out, static_draws
+        bias = self.sampling.get("mask_bias") if calibrated else None
+        pmf = self.sampling.get("count_pmf")
+        sampler = TemporalSampler(self.schema.temporal, self.normaliser.temporal,
+                                  None if pmf is None else np.asarray(pmf, dtype=np.float64),
+                                  None if bias is None else np.asarray(bias, dtype=np.float64),
+                                  mask_mode=sc.mask, binary_mode=sc.binary, numeric_mode=sc.numeric,
+                                  rho=sc.noise_rho, device=device)
+        if self.ae is None:
+            return _Plan(sampler)
+        mean, std = (torch.as_tensor(np.asarray(self.sampling[k], dtype=np.float64))
+                     for k in ("latent_mean", "latent_std"))
+        layers = [(layer.weight.detach().contiguous(), layer.bias.detach()) for layer in self.ae.dec]
+        heads = sampler.fold_linear(self.ae.head.weight, self.ae.head.bias)
 
-    def _batch(self, y: torch.Tensor, gen: torch.Generator, hook, cdf: torch.Tensor
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def unstandardise(layer: Affine) -> Affine:  # W(h·std + mean) + b = (W·diag(std)) h + (W mean + b)
+            w, b = (t.double().cpu() for t in layer)
+            return (w * std).to(layer[0]).contiguous(), (b + w @ mean).to(layer[1])
+
+        if layers:
+            layers[0] = unstandardise(layers[0])
+        else:
+            heads = [unstandardise(layer) for layer in heads]
+        plan = _Plan(sampler, tuple(layers), tuple(heads))
+        h = torch.randn((2, 3, self.cfg.ae.latent), generator=torch.Generator().manual_seed(0)).to(device)
+        want = sampler.apply_map(self.ae.decode(h * std.to(h) + mean.to(h)))
+        for got, ref in zip(plan.decode(h), want, strict=True):
+            if not torch.allclose(got, ref, rtol=1e-4, atol=1e-4):
+                raise RuntimeError("the sampling rewrite of the AE decoder no longer matches Autoencoder.decode; "
+                                   "update SyntheticGenerator._plan")
+        return plan
+
+    def _sequence(self, y: torch.Tensor, gen: torch.Generator, hook) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """TCVAE outputs (B, T, ·) for label codes y (B, 2L) (u from the sampling prior), and the static draws."""
         sc = self.cfg.sampling
-        lay = self.layout
-        out, static_draws = self._heads(y, gen, hook)
-        draws = sample_heads(out, lay.temporal, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary,
-                             numeric_mode=sc.numeric, rho=sc.noise_rho)
-        values, observed = to_tensors(draws, lay.temporal, *self._post(out.device))
-        # counts: inverse-CDF draw per cell from the feature's federated count distribution, 0 where unobserved.
-        b = out.shape[0]
-        u = torch.rand(values.shape, generator=gen, device=out.device)           # (B, T, F)
-        if cdf.shape[1] <= 8:  # small support: K − 1 comparisons beat a binary search
-            k = observed.to(torch.uint8)
-            for j in range(cdf.shape[1] - 1):
-                k += (u > cdf[:, j]) & observed
-        else:
-            k = torch.searchsorted(cdf, u.reshape(b, -1, cdf.shape[0]).permute(2, 0, 1).reshape(cdf.shape[0], -1),
-                                   right=True).clamp_(max=cdf.shape[1] - 1) + 1    # (F, B·T)
-            k = k.reshape(cdf.shape[0], b, -1).permute(1, 2, 0).to(torch.int32)
-            k = k * observed
-        counts = k.cpu().numpy().astype(np.uint16)
-        values = values.cpu().numpy()
-        if self.schema.static:
-            static = to_arrays(static_draws, lay.static, self.normaliser.inverse_transform_static)
-            slo = np.array([s.valid_min for s in self.schema.static], dtype=np.float32)
-            shi = np.array([s.valid_max for s in self.schema.static], dtype=np.float32)
-            np.clip(static, slo, shi, out=static)
-        else:
-            static = np.empty((b, 0), dtype=np.float32)
-        return values, counts, static
+        return tcvae_sample(self.tcvae, self.layout, y, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary,
+                            numeric_mode=sc.numeric, static_hook=hook, u=self._prior_u(y, gen))
+
+    def _decode(self, out: torch.Tensor, gen: torch.Generator, plan: _Plan) -> list[torch.Tensor]:
+        """TCVAE outputs → the four sampling heads (TemporalSampler; calibrated mask offsets and inverse
+        normalisation applied), each (B, T, ·)."""
+        if self.ae is None:
+            return plan.sampler.apply_map(out)                     # fedavg-direct: the TCVAE outputs the heads
+        sc = self.cfg.sampling
+        h, logvar = latent_gaussian(out, self.cfg.tcvae.min_sigma)  # (B, T, d) each; logvar a fresh tensor
+        if sc.latent_noise > 0:                                     # h = ĥ + λ σ̂ ε
+            eps = ar1_noise(tuple(h.shape), sc.noise_rho, generator=gen, device=h.device)
+            h = logvar.mul_(0.5).exp_().mul_(eps).mul_(sc.latent_noise).add_(h)
+        return plan.decode(h)
+
+    def _static_arrays(self, draws: dict[str, torch.Tensor]) -> np.ndarray:
+        """Static draws → (B, S) raw values clipped to the valid ranges, NaN where not observed."""
+        static = to_arrays(draws, self.layout.static, self.normaliser.inverse_transform_static)
+        lo = np.array([s.valid_min for s in self.schema.static], dtype=np.float32)
+        hi = np.array([s.valid_max for s in self.schema.static], dtype=np.float32)
+        return np.clip(static, lo, hi, out=static)
+
+    def _prior_u(self, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+        """u (B, U) from the site-moment mixture (fedehr.algorithms.latent_prior), the TCVAE's learned prior
+        p(u | y) for label patterns without components; None when sampling.prior is 'learned'."""
+        mix = self.sampling.get("prior_mixture")
+        if self.cfg.sampling.prior != "site-moments" or mix is None:
+            return None
+        from fedehr.algorithms.latent_prior import draw, label_pattern
+
+        u, ok = draw(mix, label_pattern(y, len(self.schema.labels)), generator=gen)
+        if not bool(ok.all()):
+            mu_p, logvar_p = self.tcvae.prior_params(y)
+            u_learned = mu_p + torch.exp(0.5 * logvar_p) * torch.randn(mu_p.shape, generator=gen, device=y.device)
+            u = torch.where(ok[:, None], u, u_learned) if u.shape[1] else u_learned
+        return u
 
 
 @torch.no_grad()
@@ -253,28 +338,23 @@ def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000
     ``target`` (F,) is the federated fraction of observed bins per temporal feature; the logits ℓ come from
     ``n`` stays drawn with labels from the federated label distribution. Features never observed keep b = 0.
     """
-    lay = gen.layout
+    f = len(gen.schema.temporal)
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
-    saved = gen.sampling.pop("mask_bias", None)
-    try:
-        gen.to("cpu")
-        y = torch.as_tensor(gen._labels(n, rng, {}, None))
-        out, _ = gen._heads(torch.cat([y, torch.ones_like(y)], 1), g, None)
-    finally:
-        if saved is not None:
-            gen.sampling["mask_bias"] = saved
-    logits = out[..., lay.temporal.s_mask].reshape(-1, lay.temporal.n).double()  # (n·T, F) in mask order
-    tgt = torch.as_tensor(np.asarray(target, dtype=np.float64)[lay.temporal.order]).clamp(1e-6, 1 - 1e-6)
-    lo = torch.full((lay.temporal.n,), -20.0, dtype=torch.float64)
-    hi = torch.full((lay.temporal.n,), 20.0, dtype=torch.float64)
+    gen.to("cpu")
+    plan = gen._plan("cpu", calibrated=False)
+    y = torch.as_tensor(gen._labels(n, rng, {}, None))
+    seq, _ = gen._sequence(torch.cat([y, torch.ones_like(y)], 1), g, None)
+    heads = gen._decode(seq, g, plan)
+    logits = heads[1].reshape(-1, f).double()                 # (n·T, F) uncalibrated mask logits, schema order
+    tgt = torch.as_tensor(np.asarray(target, dtype=np.float64)).clamp(1e-6, 1 - 1e-6)
+    lo = torch.full((f,), -20.0, dtype=torch.float64)
+    hi = torch.full((f,), 20.0, dtype=torch.float64)
     for _ in range(iterations):  # bisection on b: mean σ(ℓ + b) is increasing in b
         b = 0.5 * (lo + hi)
         above = torch.sigmoid(logits + b).mean(0) > tgt
         hi, lo = torch.where(above, b, hi), torch.where(above, lo, b)
-    b = 0.5 * (lo + hi)
-    out_b = np.zeros(lay.temporal.n)
-    out_b[lay.temporal.order] = b.numpy()
+    out_b = (0.5 * (lo + hi)).numpy()
     out_b[np.asarray(target) <= 0] = 0.0
     return out_b
 

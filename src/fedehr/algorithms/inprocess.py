@@ -1,7 +1,8 @@
 """Drive a workflow by calling the site handler directly, in this process.
 
-Used for the non-federated baselines (``centralized``: one pooled site; ``local``: one site alone) and in
-unit tests. Federated methods run through Flower (fedehr.federation), which carries the same Tasks/Replies.
+Used for the non-federated runs (method ``centralized`` or a diffusion method with ``diffusion.training =
+centralized``: one pooled site; ``local`` / ``diffusion.training = local``: one site alone) and in unit tests.
+Federated methods run through Flower (fedehr.federation), which carries the same Tasks/Replies.
 A site whose handler raises is reported to the workflow as missing for that round (the error is logged and
 kept in ``errors``); the workflow decides whether the run can continue (cfg.min_sites).
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from fedehr.algorithms.protocol import Reply, SiteContext, Task, Workflow
 from fedehr.algorithms.site import handle
-from fedehr.config import ExperimentConfig
+from fedehr.config import DIFFUSION_METHODS, ExperimentConfig
 from fedehr.data.cohort import Cohort, concat
 from fedehr.errors import InputError
 
@@ -46,19 +47,27 @@ def run(workflow: Workflow, sites: dict[str, SiteContext], progress: Progress | 
             progress(task, replies, missing)
 
 
+def training_mode(cfg: ExperimentConfig) -> str:
+    """'centralized', 'local' or 'federated': how ``cfg`` uses the sites (a diffusion method's mode is its
+    ``diffusion.training``; fedavg / fedprox are federated)."""
+    mode = cfg.diffusion.training if cfg.method in DIFFUSION_METHODS else cfg.method
+    return mode if mode in ("centralized", "local") else "federated"
+
+
 def sites_for(cfg: ExperimentConfig, train: Cohort, test: Cohort | None = None, *, device: str | None = None
               ) -> dict[str, SiteContext]:
-    """Site contexts for ``cfg.method``: one per site (federated, for tests), the pooled cohort as one site
-    'pooled' (centralized), or ``cfg.local_site`` alone (local)."""
+    """Site contexts for ``cfg``'s training mode: one per site (federated, for tests), the pooled cohort as one
+    site 'pooled' (centralized), or ``cfg.local_site`` alone (local)."""
     dev = device or cfg.device
+    mode = training_mode(cfg)
 
     def ctx(name: str, tr: Cohort, te: Cohort | None, i: int) -> SiteContext:
         return SiteContext(name, tr, te, dev, seed=cfg.seed * 1000 + i)
 
-    if cfg.method == "centralized":
+    if mode == "centralized":
         pooled = concat(list(train.by_site().values()))
         return {"pooled": ctx("pooled", pooled, test, 0)}
-    if cfg.method == "local":
+    if mode == "local":
         if cfg.local_site not in train.site_names:
             raise InputError("local_site is not a site of this cohort", field="local_site", value=cfg.local_site,
                              expected=", ".join(train.site_names))

@@ -1,6 +1,7 @@
 """Site side of every method: ``handle(task, ctx) -> Reply``, run on one hospital's own data.
 
-Actions (see fedehr.algorithms.fedehr_gen for the server that issues them):
+Actions of FedEHR-Gen and its baselines (see fedehr.algorithms.fedehr_gen for the server that issues them); the
+diffusion methods add ``dm-stats`` and ``dm-train`` (fedehr.algorithms.diffusion_site) to the same table:
 
     hello         sizes and the schema JSON (the server checks every site shares one schema)
     stats         FeatureStats arrays, per-feature histogram of measurements per bin, joint label-pattern counts
@@ -9,6 +10,8 @@ Actions (see fedehr.algorithms.fedehr_gen for the server that issues them):
     latent-stats  per-unit count / sum / sum of squares of latent codes h_t under the sent encoder
     tcvae-train   train the TCVAE on local latent sequences (or data-space x_t for fedavg-direct); also send the
                   aggregate posterior moments m_k, v_k
+    prior-stats   after training: per label pattern with enough stays, n, Σμ and Σ(μμᵀ + diag σ²) of the
+                  aggregate posterior (fedehr.algorithms.latent_prior builds the sampling prior from them)
     evaluate      score a synthetic sample against this site's own held-out test set
 
 Replies hold weights, aggregate statistics and metrics only, never per-stay data. Latent codes never leave
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedehr.algorithms import diffusion_site
 from fedehr.algorithms.protocol import Reply, SiteContext, Task
 from fedehr.config import ExperimentConfig, resolve_device
 from fedehr.data import fedstats
@@ -50,7 +54,8 @@ def seed_for(ctx: SiteContext, task: Task, what: str = "") -> int:
     return zlib.crc32(key.encode())
 
 
-def _cfg(task: Task, ctx: SiteContext) -> ExperimentConfig:
+def experiment_config(task: Task, ctx: SiteContext) -> ExperimentConfig:
+    """The task's experiment config (parsed once per site and config)."""
     raw = task.config.get("cfg")
     if not isinstance(raw, str):
         raise FedEHRError(f"task {task.action!r} carries no experiment configuration")
@@ -179,7 +184,7 @@ def label_patterns(labels: np.ndarray) -> np.ndarray:
 
 
 def _stats(task: Task, ctx: SiteContext) -> Reply:
-    cfg = _cfg(task, ctx)
+    cfg = experiment_config(task, ctx)
     st = fedstats.site_stats(ctx.train)
     arrays = {f"stats/{k}": v for k, v in st.to_arrays().items()}
     arrays["count_hist"] = count_histogram(ctx.train.counts, cfg.sampling.max_count)
@@ -188,7 +193,7 @@ def _stats(task: Task, ctx: SiteContext) -> Reply:
 
 
 def _ae_train(task: Task, ctx: SiteContext) -> Reply:
-    cfg = _cfg(task, ctx)
+    cfg = experiment_config(task, ctx)
     layout, data = _encoded(task, ctx)
     cpu, dev = _generators(ctx, task)
     retrain = task.action == "ae-retrain"
@@ -209,7 +214,7 @@ def _ae_train(task: Task, ctx: SiteContext) -> Reply:
 
 @torch.no_grad()
 def _latent_stats(task: Task, ctx: SiteContext) -> Reply:
-    cfg = _cfg(task, ctx)
+    cfg = experiment_config(task, ctx)
     layout, data = _encoded(task, ctx)
     model = _ae(cfg, layout, {k: v for k, v in task.arrays.items() if k.startswith("ae/enc.")}, _device(ctx),
                 strict=False)
@@ -229,7 +234,7 @@ def beta_schedule(cfg: ExperimentConfig, epoch: int, total_epochs: int) -> float
 
 
 def _tcvae_train(task: Task, ctx: SiteContext) -> Reply:
-    cfg = _cfg(task, ctx)
+    cfg = experiment_config(task, ctx)
     layout, data = _encoded(task, ctx)
     mode = "latent" if cfg.two_stage else "direct"
     if mode == "latent":
@@ -247,6 +252,29 @@ def _tcvae_train(task: Task, ctx: SiteContext) -> Reply:
     m, v, _ = tc_mod.posterior_moments(model, ordered_batches(data, EVAL_BATCH))
     extra = {"post_mean": m.double().cpu().numpy(), "post_var": v.double().cpu().numpy()}
     return _train_reply(ctx, task, "tcvae/", model, stats, opt, extra)
+
+
+def _prior_stats(task: Task, ctx: SiteContext) -> Reply:
+    """Per label pattern: n, Σμ, Σ(μμᵀ + diag σ²) of the aggregate posterior under the sent (final) TCVAE;
+    patterns with fewer than sampling.prior_min_count stays are sent as zeros (fallback at the server)."""
+    cfg = experiment_config(task, ctx)
+    layout, data = _encoded(task, ctx)
+    if cfg.two_stage:
+        data = _latent(task, ctx, cfg)
+    model = load_numpy_state(tc_mod.build_for(cfg, layout), dict(task.arrays), "tcvae/").to(_device(ctx)).eval()
+    labels = ctx.train.labels
+    n_lab = labels.shape[1]
+    known = np.isfinite(labels).all(axis=1)
+    pattern = ((labels > 0.5).astype(np.int64) << np.arange(n_lab)).sum(axis=1)   # (N,)
+    keep = torch.as_tensor(np.flatnonzero(known), device=_device(ctx))
+    sub = {k: v.index_select(0, keep) for k, v in data.items()}
+    n, s1, s2 = tc_mod.class_moments(model, ordered_batches(sub, EVAL_BATCH), torch.as_tensor(pattern[known]),
+                                     2**n_lab)
+    small = n < cfg.sampling.prior_min_count
+    n[small], s1[small], s2[small] = 0.0, 0.0, 0.0
+    arrays = {"prior_n": n.numpy(), "prior_sum": s1.numpy(), "prior_sumsq": s2.numpy()}
+    return Reply(ctx.site, arrays, {"withheld_patterns": int((small & (torch.as_tensor(
+        np.bincount(pattern[known], minlength=2**n_lab)) > 0)).sum())}, num_examples=len(ctx.train))
 
 
 def synthetic_from_arrays(arrays: dict[str, np.ndarray], like: Cohort) -> Cohort:
@@ -282,7 +310,8 @@ def _evaluate(task: Task, ctx: SiteContext) -> Reply:
 
 HANDLERS: dict[str, Callable[[Task, SiteContext], Reply]] = {
     "hello": _hello, "stats": _stats, "ae-train": _ae_train, "ae-retrain": _ae_train,
-    "latent-stats": _latent_stats, "tcvae-train": _tcvae_train, "evaluate": _evaluate,
+    "latent-stats": _latent_stats, "tcvae-train": _tcvae_train, "prior-stats": _prior_stats, "evaluate": _evaluate,
+    **diffusion_site.SITE_HANDLERS,  # dm-stats, dm-train
 }
 
 

@@ -12,29 +12,59 @@ import typer
 
 from fedehr.errors import InputError
 
-FEDERATED = ("fedehr-gen", "fedavg", "fedavg-direct")
+FEDERATED_CHOICES = ("fedavg", "fedprox", "none")
 
 
 # ---- train -----------------------------------------------------------------------------------------------
+def _diffusion_training(federated: str | None, site: str | None) -> str | None:
+    """diffusion.training from --federated / --site: fedavg | fedprox, none → centralized (local with --site)."""
+    if federated is None:
+        return "local" if site is not None else None
+    if federated not in FEDERATED_CHOICES:
+        raise InputError("unknown --federated mode", field="--federated", value=federated,
+                         expected=" | ".join(FEDERATED_CHOICES))
+    if federated != "none":
+        if site is not None:
+            raise InputError("--site trains one site alone, which is not federated", field="--site", value=site,
+                             expected=f"no --site with --federated {federated} (or --federated none)")
+        return federated
+    return "local" if site is not None else "centralized"
+
+
 def _resolve_config(out: Path, config: Path | None, overrides: list[str], method: str | None,
-                    device: str | None, site: str | None, resume: bool, remote: bool = False) -> Any:
+                    device: str | None, site: str | None, resume: bool, remote: bool = False,
+                    federated: str | None = None) -> Any:
     """The experiment config: from RUN/config.toml on --resume, else defaults → --config → --set → flags.
 
-    A run on a remote SuperLink resumes with the config given again (the SuperLink checks it is the same)."""
-    from fedehr.config import load_config
+    ``federated`` (--federated) sets a diffusion method's ``diffusion.training``; with a diffusion method,
+    --site means training that site alone. A run on a remote SuperLink resumes with the config given again (the
+    SuperLink checks it is the same)."""
+    import dataclasses
+
+    from fedehr.config import DIFFUSION_METHODS, load_config
 
     if resume and not (remote and not (out / "config.toml").is_file()):
-        if config is not None or overrides or method is not None or site is not None:
+        if config is not None or overrides or method is not None or site is not None or federated is not None:
             raise InputError("a resumed run keeps its configuration", file=out / "config.toml",
-                             field="--config/--set/--method/--site", expected="only --device with --resume")
+                             field="--config/--set/--method/--site/--federated", expected="only --device with --resume")
         if not (out / "config.toml").is_file():
             raise InputError("nothing to resume here", file=out,
                              expected="the --out directory of an unfinished `fedehr train` run")
         cfg = load_config(out / "config.toml", [])
         return cfg.replace(device=device) if device else cfg
+    training = _diffusion_training(federated, site)  # checked before the config, so a bad flag is named first
     flags = [f"{k}={json.dumps(v)}" for k, v in
              (("method", method), ("device", device), ("local_site", site)) if v is not None]
-    return load_config(config, [*overrides, *flags])
+    cfg = load_config(config, [*overrides, *flags])
+    if cfg.method in DIFFUSION_METHODS:
+        if training is not None and training != cfg.diffusion.training:
+            cfg = cfg.replace(diffusion=dataclasses.replace(cfg.diffusion, training=training))
+    elif federated is not None:
+        raise InputError("--federated chooses how a diffusion method trains; FedEHR-Gen's methods name it in "
+                         "--method", field="--federated", value=federated,
+                         expected=f"--method {' | '.join(DIFFUSION_METHODS)}, or no --federated (fedehr-gen, "
+                         "fedavg, fedavg-direct are federated; centralized, local are not)")
+    return cfg
 
 
 def _progress_ui() -> tuple[Any, Any]:
@@ -94,13 +124,13 @@ def config_path(config: str | Path | None) -> Path | None:
 def run_training(cohort: str | Path | None, *, out: str | Path, method: str | None = None,
                  config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                  device: str | None = None, resume: bool = False, site: str | None = None, parallel: int = 2,
-                 superlink: str | None = None) -> dict[str, Any] | None:
+                 superlink: str | None = None, federated: str | None = None) -> dict[str, Any] | None:
     """What `fedehr train` does (also used by `fedehr quickstart`); the metrics.json content."""
     from fedehr.cli.render import console
 
     out = Path(out).resolve()
     cfg = _resolve_config(out, config_path(config), list(overrides), method, device, site, resume,
-                          remote=superlink is not None)
+                          remote=superlink is not None, federated=federated)
     if superlink is not None:
         return _train_deployed(cfg, out, superlink, resume)
     if cohort is None:
@@ -116,9 +146,10 @@ def run_training(cohort: str | Path | None, *, out: str | Path, method: str | No
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_toml(out / "config.toml")
     bar, on_event = _progress_ui()
-    console.print(f"training [bold]{cfg.method}[/] on {cohort} -> {out}")
+    mode = f" ({cfg.diffusion.training})" if cfg.diffusion_method else ""
+    console.print(f"training [bold]{cfg.method}[/]{mode} on {cohort} -> {out}")
     with bar:
-        if cfg.method in FEDERATED:
+        if cfg.federated:
             from fedehr.federation.simulation import train_federated
 
             metrics = train_federated(cfg, cohort, out, resume=resume, parallel=parallel, progress=on_event)
@@ -134,25 +165,29 @@ def train(
     cohort: Path = typer.Option(None, "--cohort", "-c", help="cohort directory from `fedehr prepare` "
                                 "(its train split is used; one simulated SuperNode per site)"),
     method: str = typer.Option(None, "--method", "-m", help="fedehr-gen | fedavg | fedavg-direct | "
-                               "centralized | local (default: the config's method)"),
+                               "centralized | local | ehrdiff | cdmt-ehr | latent-cdmt (default: the config's "
+                               "method)"),
+    federated: str = typer.Option(None, "--federated", help="diffusion methods: fedavg | fedprox (Flower) or none "
+                                  "(pooled in-process; with --site that site alone); default: the config's "
+                                  "diffusion.training"),
     out: Path = typer.Option(..., "--out", "-o", help="run directory (created; must not exist unless --resume)"),
     config: str = typer.Option(None, "--config", help="experiment TOML, or a preset name: tiny, quickstart, "
-                               "fedehr-gen (configs/)"),
+                               "fedehr-gen, ehrdiff, cdmt-ehr, latent-cdmt (configs/)"),
     overrides: list[str] = typer.Option(None, "--set", help="config override section.key=value (repeatable)"),
     device: str = typer.Option(None, "--device", help="cpu | cuda | auto"),
     resume: bool = typer.Option(False, "--resume", help="continue an unfinished run from its last completed "
                                 "round (config from RUN/config.toml)"),
-    site: str = typer.Option(None, "--site", help="method local: the site to train on"),
+    site: str = typer.Option(None, "--site", help="method local, or a diffusion method: the one site to train on"),
     parallel: int = typer.Option(2, "--parallel", min=1, help="simulation: sites that train at the same time "
                                  "(Ray CPUs; one per site)"),
     superlink: str = typer.Option(None, "--superlink", help="deployment: submit the run to this SuperLink "
                                   "connection of $FLWR_HOME/config.toml (`flwr run`); --out is then a path on "
                                   "the SuperLink host"),
 ) -> None:
-    """Train a generator: federated methods in Flower's simulation runtime (or on a deployed SuperLink with
-    --superlink), centralized/local in-process. Writes RUN/config.toml first, checkpoints every round."""
+    """Train a generator: federated runs in Flower's simulation runtime (or on a deployed SuperLink with
+    --superlink), centralized/local ones in-process. Writes RUN/config.toml first, checkpoints every round."""
     run_training(cohort, out=out, method=method, config=config, overrides=list(overrides or []), device=device,
-                 resume=resume, site=site, parallel=parallel, superlink=superlink)
+                 resume=resume, site=site, parallel=parallel, superlink=superlink, federated=federated)
 
 
 def _train_deployed(cfg: Any, out: Path, superlink: str, resume: bool) -> dict[str, Any] | None:
@@ -161,9 +196,10 @@ def _train_deployed(cfg: Any, out: Path, superlink: str, resume: bool) -> dict[s
     from fedehr.errors import FedEHRError
     from fedehr.federation.deployment import submit_run, write_app_project
 
-    if cfg.method not in FEDERATED:
-        raise InputError("only federated methods run on a SuperLink", field="method", value=cfg.method,
-                         expected=" | ".join(FEDERATED))
+    if not cfg.federated:
+        raise InputError("only federated runs go to a SuperLink", field="method", value=cfg.method,
+                         expected="fedehr-gen | fedavg | fedavg-direct, or a diffusion method with --federated "
+                         "fedavg | fedprox")
     run_config = {"run-dir": str(out), "config-json": json.dumps(cfg.to_dict()), "resume": resume,
                   "seed": int(cfg.seed)}
     with tempfile.TemporaryDirectory(prefix="fedehr-app-") as tmp:
@@ -209,9 +245,17 @@ def sample(
     prevalence: float = typer.Option(None, "--prevalence", help="draw the mortality label with this prevalence"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists"),
+    steps: int = typer.Option(None, "--steps", min=1, help="diffusion runs only: sampling steps (default: the "
+                              "run's config, e.g. 50 for cdmt-ehr)"),
+    guidance: float = typer.Option(None, "--guidance", min=0.0, help="diffusion runs only: classifier-free "
+                                   "guidance weight w (0: the conditional model; default: the run's config)"),
+    metrics: Path = typer.Option(None, "--metrics", help="also write the sampling statistics (stays, seconds, "
+                                 "stays/s, and for diffusion runs steps, guidance and NFE) to this JSON file"),
 ) -> None:
     """Draw synthetic ICU stays from a trained run and export them."""
-    from fedehr.algorithms.generate import sample as draw
+    import time
+
+    from fedehr.algorithms.registry import is_diffusion_run, load_generator
     from fedehr.cli.render import console
     from fedehr.data.sources import exporter
 
@@ -220,13 +264,36 @@ def sample(
             else ""
         raise InputError("not a completed training run" + why, file=run,
                          expected="the --out directory of a finished `fedehr train`")
+    diffusion = is_diffusion_run(run)
+    if not diffusion and (steps is not None or guidance is not None):
+        raise InputError("--steps and --guidance are only for diffusion runs (ehrdiff, cdmt-ehr, latent-cdmt)",
+                         file=run / "sampling.json", field="--steps" if steps is not None else "--guidance",
+                         expected="no --steps / --guidance for this run")
     writer = exporter(fmt)  # unknown formats fail before sampling
-    cohort = draw(run, n, seed=seed, condition=_parse_condition(list(condition or [])), prevalence=prevalence,
-                  device=device)
+    gen = load_generator(run)
+    extra = {"steps": steps, "guidance": guidance} if diffusion else {}
+    import torch
+
+    info: dict[str, Any] = {"run": str(run), "method": gen.cfg.method, "n": n, "seed": seed, "device": device,
+                            "torch_threads": torch.get_num_threads()}
+    if diffusion:
+        info.update(gen.sampler(steps, guidance))  # the settings used, with NFE (and their errors before sampling)
+    t0 = time.perf_counter()
+    cohort = gen.sample(n, seed=seed, condition=_parse_condition(list(condition or [])), prevalence=prevalence,
+                        device=device, **extra)
+    info["seconds"] = time.perf_counter() - t0
+    info["stays_per_s"] = n / info["seconds"] if info["seconds"] > 0 else None
     writer.export(cohort, out, overwrite=overwrite)
+    if metrics is not None:
+        from fedehr.io_utils import atomic_file
+
+        with atomic_file(metrics) as fh:
+            json.dump(info, fh, indent=2)
     prev = cohort.labels[:, 0].mean() if cohort.labels.shape[1] else float("nan")
+    nfe = f", NFE {info['nfe']} ({info['steps']} {info['solver']} steps)" if diffusion else ""
     console.print(f"{len(cohort)} synthetic stays written to [bold]{out}[/] as {fmt} "
-                  f"({cohort.schema.labels[0] if cohort.schema.labels else 'label'} prevalence {prev:.3f})")
+                  f"({cohort.schema.labels[0] if cohort.schema.labels else 'label'} prevalence {prev:.3f}); "
+                  f"sampled in {info['seconds']:.2f} s{nfe}")
 
 
 # ---- site ------------------------------------------------------------------------------------------------

@@ -309,3 +309,136 @@ def to_arrays(d: dict[str, torch.Tensor], b: Blocks, inverse) -> np.ndarray:
     observed[..., b.order] = d["observed"].cpu().numpy()
     raw[~observed] = np.nan
     return raw
+
+
+# ---- fast temporal sampling: head outputs → (values, counts) in one pass --------------------------------------
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs [a, b) of True in a 1-D bool array."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
+
+
+class TemporalSampler:
+    """Temporal head outputs → Cohort ``values`` and ``counts`` for a block of stays, written in place.
+
+    The same distribution as ``sample_heads`` → ``to_tensors`` → an inverse-CDF count draw (the reference path),
+    reorganised so that every pass runs over whole contiguous (B, T, F) tensors in schema order:
+
+    * the heads are read as four *sampling heads*, features in schema order (F_d = F_bin + Σ C_j):
+          g = s·μ + m (B, T, F) | ℓ + b (B, T, F) | ½ log σ² (B, T, F) | [binary | categorical logits] (B, T, F_d)
+      (s, m the normaliser's scale and shift, b the calibrated mask offsets; g = 0 and s = 0 for non-numeric
+      features). Each is an affine column map of the block layout (``apply_map``) that a linear head absorbs
+      once (``fold_linear``): no per-batch permutation, scaling or offset add remains;
+    * x = g + s·σ·ε (ε AR(1) along time) is the value on the normalised (log) scale; log features get
+      exp(x) + a on contiguous column runs; values are clipped to [valid_min, valid_max];
+    * mask and count share one uniform u per cell: observed ⟺ u < p = σ(ℓ + b), and given that, w = u / p is
+      U(0, 1), so count = Σ_j [w < 1 − C_{j−1}] (C_j = P(count ≤ j + 1) from the federated count distribution,
+      C_{−1} = 0) is an exact inverse-CDF draw; unobserved cells have w ≥ 1 and count 0. In float32,
+      u < p ⟺ u / p < 1, so the mask and the counts agree exactly.
+    """
+
+    COMPARE_MAX = 8  # count supports up to this size use K comparisons, larger ones a binary search
+
+    def __init__(self, specs: tuple[FeatureSpec, ...], columns, count_pmf: np.ndarray | None,
+                 mask_bias: np.ndarray | None = None, *, mask_mode: str = "bernoulli", binary_mode: str = "bernoulli",
+                 numeric_mode: str = "sample", rho: float = 0.0, device: str | torch.device = "cpu") -> None:
+        b = Blocks.of(specs)
+        n = b.n
+        self.blocks, self.n, self.rho = b, n, float(rho)
+        self.mask_mode, self.binary_mode, self.numeric_mode = mask_mode, binary_mode, numeric_mode
+        num = np.zeros(n, dtype=bool)
+        num[list(b.num)] = True
+        scale = np.where(num, np.asarray(columns.scale, dtype=np.float64), 0.0)
+        shift = np.where(num, np.asarray(columns.shift, dtype=np.float64), 0.0)
+        origin = np.asarray(columns.origin, dtype=np.float64)
+        log = num & np.isfinite(origin)
+        bias = np.zeros(n) if mask_bias is None else np.asarray(mask_bias, dtype=np.float64).reshape(n)
+        # Column maps (idx, a, c) per sampling head: column k = a_k · out[..., idx_k] + c_k (block layout out).
+        col = np.zeros(n, np.int64)
+        col[list(b.num)] = np.arange(len(b.num))                     # numeric feature → its μ / log σ² column
+        mask_col = np.empty(n, np.int64)
+        mask_col[b.order] = b.s_mask.start + np.arange(n)
+        rest = np.arange(b.s_bin.start, b.s_cat.stop)                # binary then categorical logits (schema order)
+        self.maps = [(col, scale, shift), (mask_col, np.ones(n), bias),
+                     (b.s_logvar.start + col, np.where(num, 0.5, 0.0), np.zeros(n)),
+                     (rest, np.ones(len(rest)), np.zeros(len(rest)))]
+        dev = torch.device(device)
+        f32 = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)  # noqa: E731
+        self._maps = [(torch.as_tensor(i, device=dev), f32(a), f32(c)) for i, a, c in self.maps]
+        self.sd_scale = f32(scale)                                  # (F,) s, 0 for non-numeric features
+        self.origin = f32(np.where(log, origin, 0.0))
+        self.log_runs = _runs(log)
+        self.lo = f32([s.valid_min for s in specs])
+        self.hi = f32([s.valid_max for s in specs])
+        pmf = np.ones((n, 1)) if count_pmf is None else np.asarray(count_pmf, dtype=np.float64).reshape(n, -1)
+        # pmf (F, K): P(count = k + 1 | observed); None: every observed bin has one measurement
+        cdf = np.cumsum(pmf, axis=1)
+        cdf /= np.maximum(cdf[:, -1:], 1e-12)
+        keep = max(int((cdf < 1.0 - 1e-9).sum(1).max()) + 1, 1)       # trim the all-zero tail
+        thr = 1.0 - np.concatenate([np.zeros((n, 1)), cdf[:, :keep - 1]], axis=1)  # (F, K') 1 − C_{j−1}
+        self.thresholds = f32(thr.T.copy())                        # (K', F), row 0 is 1
+        self.thresholds_asc = f32(thr[:, ::-1].copy())              # (F, K') ascending, for the binary search
+
+    # ---- the sampling heads -----------------------------------------------------------------------------------
+    def apply_map(self, out: torch.Tensor) -> list[torch.Tensor]:
+        """Block-layout head outputs (..., out_width) → the four sampling heads (a gather; prefer
+        ``fold_linear`` when the heads come from a linear layer)."""
+        return [torch.addcmul(c, out.index_select(-1, i), a) for i, a, c in self._maps]
+
+    def fold_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A linear head (weight (out_width, H), bias (out_width,)) → the four sampling heads as linear layers."""
+        w64, b64 = weight.detach().double().cpu().numpy(), bias.detach().double().cpu().numpy()
+        as_t = lambda x: torch.as_tensor(x, dtype=weight.dtype, device=weight.device)  # noqa: E731
+        return [(as_t(w64[i] * a[:, None]), as_t(b64[i] * a + c)) for i, a, c in self.maps]
+
+    # ---- the draw ---------------------------------------------------------------------------------------------
+    def draw(self, heads: list[torch.Tensor], *, generator: torch.Generator | None, values: torch.Tensor,
+             counts: torch.Tensor) -> None:
+        """The four sampling heads (contiguous, B × T leading; overwritten, used as scratch) → ``values``
+        (B, T, F) float32, NaN where unobserved, and ``counts`` (B, T, F) (any integer dtype), written in place."""
+        g, logit, half_lv, discrete = heads
+        dev = g.device
+        if self.numeric_mode == "sample" and self.blocks.num:
+            sd = half_lv.clamp_(0.5 * LOGVAR_MIN, 0.5 * LOGVAR_MAX).exp_().mul_(self.sd_scale)  # s·σ
+            eps = ar1_noise(tuple(g.shape), self.rho, generator=generator, device=dev)
+            torch.addcmul(g, sd, eps, out=values)
+        else:
+            values.copy_(g)
+        for a, b in self.log_runs:  # x = exp(g) + a on the log scale's features (overflow → inf, clipped below)
+            values[..., a:b].exp_().add_(self.origin[a:b])
+        bl = self.blocks
+        if bl.bin:
+            vb = _draw(torch.sigmoid(discrete[..., :len(bl.bin)]), self.binary_mode, generator)
+            for j, f in enumerate(bl.bin):  # loop over binary features (few)
+                values[..., f].copy_(vb[..., j])
+        k = len(bl.bin)
+        for f, c in zip(bl.cat, bl.cat_sizes, strict=True):  # loop over categorical features (few)
+            logits = discrete[..., k:k + c]
+            if self.binary_mode == "threshold":
+                code = logits.argmax(-1)
+            else:  # Gumbel-max draw
+                u = torch.rand(logits.shape, generator=generator, device=dev).clamp_(1e-12, 1.0)
+                code = (logits - torch.log(-torch.log(u))).argmax(-1)
+            values[..., f].copy_(code)
+            k += c
+        values.clamp_(self.lo, self.hi)
+        # Mask and counts from one uniform per cell (see the class docstring).
+        p = logit.sigmoid_()
+        w = torch.rand(p.shape, generator=generator, device=dev)
+        if self.mask_mode == "threshold":
+            w.masked_fill_(p <= 0.5, 2.0)   # observed ⟺ p > 0.5; w stays U(0, 1) there for the count
+        else:
+            w.div_(p)
+        obs = torch.lt(w, 1.0, out=p)                               # (B, T, F) 1.0 / 0.0 (p is no longer needed)
+        values.div_(obs).mul_(obs)                                  # x·1/1 = x exactly; x/0·0 = NaN
+        thr = self.thresholds
+        if thr.shape[0] <= self.COMPARE_MAX:
+            tmp = half_lv                                           # scratch (B, T, F)
+            for j in range(1, thr.shape[0]):
+                obs.add_(torch.lt(w, thr[j], out=tmp))
+            counts.copy_(obs)
+        else:  # binary search per feature: count = K − #{j: threshold_j ≤ w}
+            b = w.shape[0]
+            wf = w.nan_to_num(nan=2.0).permute(2, 0, 1).reshape(self.n, -1)  # (F, B·T); 0/0 → unobserved
+            kk = thr.shape[0] - torch.searchsorted(self.thresholds_asc, wf.contiguous(), right=True)
+            counts.copy_(kk.reshape(self.n, b, -1).permute(1, 2, 0))

@@ -5,13 +5,17 @@ Sequence-level latent u ∈ R^U, conditioned on the outcome code y (N, 2L) and s
     q_φ(u | h_{1:T}, y, s) = N(μ, diag σ²)       BiGRU over [h_t; e_y; s] → mean-pool over t → Linear → (μ, log σ²)
     p_θ(s | u, y)                                MLP [u; e_y] → static heads (encoding.Blocks layout)
     p_θ(h_{1:T} | u, y, s)                       non-autoregressive: GRU over [u; e_y; s; τ_t], h₀ = tanh(W[u; e_y; s])
-    p(u) = N(0, I),  e_y = W_y y,  τ_t learned per-bin time embedding
+    p(u | y) = N(μ_p(e_y), diag σ_p(e_y)²)   (prior "conditional"; "standard": N(0, I))
+    e_y = W_y y,  τ_t learned per-bin time embedding
 
 The sequence decoder outputs a mean ĥ_t and a noise scale σ̂_t per step. Negative ELBO per stay with a fixed
 likelihood scale σ_h for the mean (β annealed by the caller through batch["beta"]), plus the noise head's NLL
 on the detached residual (it calibrates sampling noise, h_t = ĥ_t + σ̂_t ε, and does not shape u):
     L = Σ_t ||h_t − ĥ_t||² / (2σ_h²) + λ_s NLL(s | ŝ) + β KL(q(u|·) || N(0, I))
         + Σ_t Σ_j ½[(h_tj − sg(ĥ_tj))² / σ̂_tj² + log σ̂_tj²]                                  (latent mode)
+The conditional prior is why sampling with y = 1 gives the deceased: with a fixed N(0, I) prior the encoder
+stores severity in u (it sees x), q(u | y) drifts apart per class, and u ~ N(0, I) then decodes an
+average patient whatever y says (a TSTR near 0.5 on PhysioNet 2012 in our benchmark).
 In "direct" mode (the fedavg-direct baseline, no autoencoder) h_t is the data-space x_t and the first term is
 the mixed-type head likelihood of fedehr.models.encoding.heads_loss. Sampling feeds all T steps at once, so
 it costs one GRU pass per batch (no per-step Python loop).
@@ -38,6 +42,10 @@ class TCVAE(nn.Module):
         e, h, u = cfg.cond_dim, cfg.hidden, cfg.latent
         self.latent, self.layers, self.hidden, self.s_dim, self.s_out = u, cfg.layers, h, s_dim, s_out
         self.emb_y = nn.Linear(y_dim, e)
+        self.prior = nn.Linear(e, 2 * u) if cfg.prior == "conditional" else None
+        if self.prior is not None:  # starts as N(0, I)
+            nn.init.zeros_(self.prior.weight)
+            nn.init.zeros_(self.prior.bias)
         self.enc_rnn = nn.GRU(x_dim + e + s_dim, h, cfg.layers, batch_first=True, bidirectional=True)
         self.enc_out = nn.Linear(2 * h, 2 * u)
         self.static_dec = nn.Sequential(nn.Linear(u + e, h), nn.ReLU(), nn.Linear(h, max(s_out, 1)))
@@ -53,6 +61,14 @@ class TCVAE(nn.Module):
         o, _ = self.enc_rnn(torch.cat([x, cond[:, None].expand(b, t, -1)], -1))  # (B, T, 2H)
         mu, logvar = self.enc_out(o.mean(1)).chunk(2, -1)             # (B, U) each
         return mu, logvar.clamp(-12.0, 8.0)
+
+    def prior_params(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Y) → prior mean and log σ² of u (B, U) each."""
+        if self.prior is None:
+            z = y.new_zeros((y.shape[0], self.latent))
+            return z, z
+        mu, logvar = self.prior(self.emb_y(y)).chunk(2, -1)
+        return mu, logvar.clamp(-6.0, 4.0)
 
     def decode_static(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(B, U), (B, Y) → static head outputs (B, S_out)."""
@@ -120,7 +136,8 @@ def objective(cfg: TCVAEConfig, layout: Layout, *, mode: str, ae: AEConfig | Non
             rec_s, _ = heads_loss(model.decode_static(u, y), s, layout.static)
         else:
             rec_s = torch.zeros_like(rec)
-        kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(1)       # KL(q || N(0, I)), (B,)
+        mu_p, logvar_p = model.prior_params(y)                        # (B, U) each
+        kl = 0.5 * (((mu - mu_p) ** 2 + logvar.exp()) * torch.exp(-logvar_p) - 1.0 + logvar_p - logvar).sum(1)
         beta = float(batch.get("beta", cfg.beta))
         total = rec + cfg.lambda_static * rec_s + beta * kl + noise
         return total, {"rec": rec, "static": rec_s, "kl": kl, "noise": noise}
@@ -145,16 +162,47 @@ def posterior_moments(model: TCVAE, batches) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
+def class_moments(model: TCVAE, batches, pattern: torch.Tensor, n_patterns: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sufficient statistics of the aggregate posterior per label pattern (for the ex-post sampling prior).
+
+    ``pattern`` (N,) int gives each stay's label-pattern index, in the order the unshuffled ``batches`` visit the
+    stays. Returns n (C,), Σ μ (C, U) and Σ (μ μᵀ + diag σ²) (C, U, U), all float64, so that the moments of
+    q(u | pattern c) = mean_i N(μ_i, diag σ_i²) are m = Σμ / n and Σ = Σ(μμᵀ + diag σ²)/n − m mᵀ.
+    """
+    u = model.latent
+    n = torch.zeros(n_patterns, dtype=torch.float64)
+    s1 = torch.zeros(n_patterns, u, dtype=torch.float64)
+    s2 = torch.zeros(n_patterns, u, u, dtype=torch.float64)
+    a = 0
+    for batch in batches:
+        mu, logvar = model.encode(batch["x"], batch["s"], batch["y"])
+        mu, var = mu.double().cpu(), logvar.exp().double().cpu()             # (B, U) each
+        c = pattern[a:a + mu.shape[0]].cpu()
+        a += mu.shape[0]
+        outer = mu[:, :, None] * mu[:, None, :] + torch.diag_embed(var)      # (B, U, U)
+        n.index_add_(0, c, torch.ones_like(c, dtype=torch.float64))
+        s1.index_add_(0, c, mu)
+        s2.index_add_(0, c, outer)
+    if a != len(pattern):
+        raise ValueError(f"{len(pattern)} patterns for {a} stays")
+    return n, s1, s2
+
+
+@torch.no_grad()
 def sample(model: TCVAE, layout: Layout, y: torch.Tensor, *, generator: torch.Generator | None,
            mask_mode: str = "bernoulli", binary_mode: str = "bernoulli", numeric_mode: str = "sample",
-           static_hook: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
-           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Ancestral sample for label codes y (B, Y): u ~ N(0, I), s ~ p(s|u,y), outputs of p(h|u,y,s).
+           static_hook: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+           u: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Ancestral sample for label codes y (B, Y): u ~ p(u|y) (or the given ``u`` (B, U), e.g. drawn from the
+    site-moment mixture), s ~ p(s|u,y), outputs of p(h|u,y,s).
 
     ``static_hook`` may edit the static draws (e.g. to condition on a given age) before they feed the
     sequence decoder. Returns (sequence outputs (B, T, X), static draws).
     """
-    u = torch.randn((y.shape[0], model.latent), generator=generator, device=y.device)
+    if u is None:
+        mu_p, logvar_p = model.prior_params(y)
+        u = mu_p + torch.exp(0.5 * logvar_p) * torch.randn(mu_p.shape, generator=generator, device=y.device)
     if model.s_dim:
         draws = sample_heads(model.decode_static(u, y), layout.static, generator=generator, mask_mode=mask_mode,
                              binary_mode=binary_mode, numeric_mode=numeric_mode)
