@@ -148,7 +148,8 @@ def main() -> int:
         args.json.write_text(json.dumps(out, indent=2))
     ok = args.quick or out["cdmt_sample_stays_per_s"] >= TARGET_CDMT  # type: ignore[operator]
     if not ok:
-        print(f"cdmt-ehr sampling below the target of {TARGET_CDMT:.0f} stays/s", file=sys.stderr)
+        print(f"cdmt-ehr sampling below the target of {TARGET_CDMT:.0f} stays/s (set for --threads 2)",
+              file=sys.stderr)
     return 0 if ok else 1
 
 

@@ -22,6 +22,9 @@ Schedule (schedule.Timewarp): σ_{c,τ}(u) = F_{c,τ}^{-1}(u), F a logistic CDF 
 detached calibrated loss (unweighted MSE/σ_d², CE/entropy) so noise levels are drawn where the loss changes.
 Loss per stay = mean_{τ,c}[λ(σ)·(D − x)² (numeric) | CE / H_f (categorical)] + timewarp loss.
 Classifier-free guidance: label dropout 0.1; D̃ = (1 + w)D(x, y) − wD(x, ∅), same for the logits.
+
+Sampling has two implementations of the same evaluations: ``_sample_reference`` on ``forward`` (Heun, GPU) and the
+CPU Euler path ``_FastEuler`` (feature-major state, folded Euler constants, rewritten BiGRU), tested equal.
 """
 
 from __future__ import annotations
@@ -641,8 +644,10 @@ def sample(model: CDMT, n: int, *, generator: torch.Generator, steps: int | None
     on the packed state with score interpolation for the categorical part, then one last evaluation at σ_min
     whose D_num and most probable classes are the output (NFE = N + 1 Euler, 2N + 1 Heun). ``labels`` (n,)
     condition the model (None: the null token); ``guidance`` w, ``steps`` and ``solver`` default to the config.
-    ``batch_size`` defaults to 256 stays on CPU (cache-friendly) and 4096 on GPU. Euler on CPU runs the
-    re-laid-out ``_FastEuler`` (same evaluations, to float32 rounding); Heun and GPU run ``_sample_reference``.
+    ``batch_size`` defaults to 256 stays on CPU and 4096 on GPU. Euler on CPU runs the re-laid-out
+    ``_FastEuler`` (same evaluations, to float32 rounding); Heun and GPU run ``_sample_reference``. On CPU with
+    ``torch.get_num_threads()`` = k > 1, batches run on k threads of one intra-op thread each (``_run_batches``);
+    the samples do not depend on k.
     """
     cfg, dims = model.cfg, model.dims
     steps = cfg.steps if steps is None else int(steps)
