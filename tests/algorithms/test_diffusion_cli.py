@@ -32,16 +32,6 @@ def _sets(items: list[str]) -> list[str]:
     return [a for s in items for a in ("--set", s)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process CLI calls on tiny tensors: one intra-op thread avoids OpenMP contention on a busy 2-core box."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _cli(*args: str) -> Any:
     """`fedehr ARGS` in this process (typer's CliRunner): its result, with ``exception`` for fedehr's errors."""

@@ -23,15 +23,6 @@ from fedehr.errors import FedEHRError, InputError
 from fedehr.models.diffusion import codes, ehrdiff
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(method: str, training: str = "fedavg", **diffusion: object) -> ExperimentConfig:
     stage = {"rounds": 2, "local_epochs": 1, "batch_size": 16, **diffusion.pop("stage", {})}  # type: ignore[dict-item]
     return ExperimentConfig.from_dict({

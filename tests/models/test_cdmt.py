@@ -16,16 +16,6 @@ from fedehr.errors import InputError
 from fedehr.models.diffusion import cdmt, channels
 from fedehr.models.diffusion.schedule import Timewarp
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 DIMS = cdmt.CDMTDims(n_bins=5, n_num=3, cat_sizes=(2, 3, 4), n_classes=2)
 
 

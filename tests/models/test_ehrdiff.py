@@ -12,15 +12,6 @@ from fedehr.errors import InputError
 from fedehr.models.diffusion import channels, edm, ehrdiff
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _fit(model: ehrdiff.EHRDiff, x: torch.Tensor, y: torch.Tensor | None, steps: int, *, lr: float = 3e-3,
          batch: int = 256, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
