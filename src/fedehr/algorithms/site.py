@@ -171,16 +171,20 @@ def count_histogram(counts: np.ndarray, max_count: int) -> np.ndarray:
     return out
 
 
-def label_patterns(labels: np.ndarray) -> np.ndarray:
-    """(2^L,) counts of stays per joint label pattern (bit j = label j), over stays with every label known."""
+def pattern_codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(known (N,) bool: every label known, code (N,) int64: Σ_j [label_j > ½] 2^j) for (N, L) labels."""
     n_lab = labels.shape[1]
     if n_lab > MAX_JOINT_LABELS:
         raise InputError("too many outcome labels for joint label sampling", field="labels", value=n_lab,
                          expected=f"at most {MAX_JOINT_LABELS}")
     known = np.isfinite(labels).all(axis=1)
-    bits = (labels[known] > 0.5).astype(np.int64)
-    code = (bits << np.arange(n_lab)).sum(axis=1)
-    return np.bincount(code, minlength=2**n_lab).astype(np.int64)
+    return known, ((labels > 0.5).astype(np.int64) << np.arange(n_lab)).sum(axis=1)
+
+
+def label_patterns(labels: np.ndarray) -> np.ndarray:
+    """(2^L,) counts of stays per joint label pattern (bit j = label j), over stays with every label known."""
+    known, code = pattern_codes(labels)
+    return np.bincount(code[known], minlength=2 ** labels.shape[1]).astype(np.int64)
 
 
 def _stats(task: Task, ctx: SiteContext) -> Reply:
@@ -262,19 +266,16 @@ def _prior_stats(task: Task, ctx: SiteContext) -> Reply:
     if cfg.two_stage:
         data = _latent(task, ctx, cfg)
     model = load_numpy_state(tc_mod.build_for(cfg, layout), dict(task.arrays), "tcvae/").to(_device(ctx)).eval()
-    labels = ctx.train.labels
-    n_lab = labels.shape[1]
-    known = np.isfinite(labels).all(axis=1)
-    pattern = ((labels > 0.5).astype(np.int64) << np.arange(n_lab)).sum(axis=1)   # (N,)
+    known, pattern = pattern_codes(ctx.train.labels)                                # (N,) each
     keep = torch.as_tensor(np.flatnonzero(known), device=_device(ctx))
     sub = {k: v.index_select(0, keep) for k, v in data.items()}
     n, s1, s2 = tc_mod.class_moments(model, ordered_batches(sub, EVAL_BATCH), torch.as_tensor(pattern[known]),
-                                     2**n_lab)
+                                     2 ** ctx.train.labels.shape[1])
     small = n < cfg.sampling.prior_min_count
+    withheld = int((small & (n > 0)).sum())
     n[small], s1[small], s2[small] = 0.0, 0.0, 0.0
     arrays = {"prior_n": n.numpy(), "prior_sum": s1.numpy(), "prior_sumsq": s2.numpy()}
-    return Reply(ctx.site, arrays, {"withheld_patterns": int((small & (torch.as_tensor(
-        np.bincount(pattern[known], minlength=2**n_lab)) > 0)).sum())}, num_examples=len(ctx.train))
+    return Reply(ctx.site, arrays, {"withheld_patterns": withheld}, num_examples=len(ctx.train))
 
 
 def synthetic_from_arrays(arrays: dict[str, np.ndarray], like: Cohort) -> Cohort:
