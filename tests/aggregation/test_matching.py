@@ -21,15 +21,6 @@ from fedehr.training.loop import TrainConfig, shuffled_batches, train_local
 
 CFG = AEConfig(hidden=(16, 8), latent=4)
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors run fastest (and reproducibly) on one thread, also when pytest-xdist shares the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 @pytest.fixture(scope="module")
 def setup():

@@ -16,19 +16,11 @@ from fedehr.config import load_config
 from fedehr.data.catalogue import static_specs, temporal_specs
 from fedehr.data.schema import Schema
 from fedehr.errors import InputError
+from fedehr.threads import block_seed
 
 TINY = ["device=cpu", "eval_sample=0", "ae.hidden=[8, 4]", "ae.latent=3", "tcvae.hidden=8", "tcvae.latent=3",
         "tcvae.cond_dim=4", "tcvae.time_dim=4", "stage1.rounds=1", "stage1.batch_size=16", "stage2.rounds=2",
         "stage2.batch_size=16", "matching.sweeps=1"]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors run fastest (and reproducibly) on one thread, also when pytest-xdist shares the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _train(method, out):
@@ -90,6 +82,24 @@ def test_sampling_is_reproducible(run_dir):
     assert len(gen.sample(70, seed=1, batch_size=16)) == 70
 
 
+def test_samples_do_not_depend_on_the_thread_count(run_dir):
+    """Blocks draw from their own streams, so 2 worker threads give exactly the 1-thread cohort."""
+    out, _ = run_dir
+    gen = load_generator(out)
+    one = gen.sample(90, seed=3, batch_size=16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = gen.sample(90, seed=3, batch_size=16)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    np.testing.assert_array_equal(one.values, two.values)
+    np.testing.assert_array_equal(one.counts, two.counts)
+    np.testing.assert_array_equal(one.static, two.static)
+    np.testing.assert_array_equal(one.labels, two.labels)
+
+
 def test_labels_and_conditions(run_dir):
     out, train = run_dir
     gen = load_generator(out)
@@ -147,12 +157,12 @@ def _assert_matches_reference(gen, n=60, seed=4):
     gen = _deterministic(gen)
     lay = gen.layout
     syn = gen.sample(n, seed=seed, batch_size=32)  # two blocks
-    g = torch.Generator().manual_seed(seed)
     labels = gen._labels(n, np.random.default_rng(seed), {}, None)
     np.testing.assert_array_equal(syn.labels, labels)
     values, logits, static = [], [], []
     with torch.no_grad():
-        for a in range(0, n, 32):
+        for i, a in enumerate(range(0, n, 32)):
+            g = torch.Generator().manual_seed(block_seed(seed, i))  # each block has its own stream
             y = torch.as_tensor(labels[a:a + 32])
             y = torch.cat([y, torch.ones_like(y)], 1)
             out, sd = tcvae_sample(gen.tcvae, lay, y, generator=g, mask_mode="threshold", binary_mode="threshold",
@@ -169,7 +179,6 @@ def _assert_matches_reference(gen, n=60, seed=4):
             lo = torch.tensor([s.valid_min for s in gen.schema.temporal], dtype=torch.float32)
             hi = torch.tensor([s.valid_max for s in gen.schema.temporal], dtype=torch.float32)
             v, _ = to_tensors(d, lay.temporal, NumericInverse(gen.normaliser.temporal, lay.temporal), lo, hi)
-            torch.rand(v.shape, generator=g)  # the fast path's count uniforms: the next block's u follows them
             values.append(v.numpy())
             lg = np.empty(v.shape, dtype=np.float32)
             lg[..., lay.temporal.order] = out[..., lay.temporal.s_mask].numpy()

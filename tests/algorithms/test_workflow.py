@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import make_tiny_cohort
 from fedehr.algorithms import inprocess
@@ -22,15 +21,6 @@ from fedehr.errors import FedEHRError
 TINY = ["device=cpu", "eval_sample=0", "ae.hidden=[8, 4]", "ae.latent=3", "tcvae.hidden=8", "tcvae.latent=3",
         "tcvae.cond_dim=4", "tcvae.time_dim=4", "stage1.rounds=2", "stage1.local_epochs=1", "stage1.batch_size=16",
         "stage2.rounds=2", "stage2.batch_size=16", "matching.sweeps=2", "local_site=site1"]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors run fastest (and reproducibly) on one thread, also when pytest-xdist shares the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

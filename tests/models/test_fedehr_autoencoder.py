@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import make_tiny_cohort
@@ -14,16 +13,6 @@ from fedehr.models import init_parameters
 from fedehr.models.autoencoder import build_autoencoder, objective
 from fedehr.models.encoding import Layout, encode_cohort
 from fedehr.training.loop import TrainConfig, shuffled_batches, train_local
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors run fastest (and reproducibly) on one thread, also when pytest-xdist shares the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 
 def _data(schema, n=40):

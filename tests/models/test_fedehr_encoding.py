@@ -13,16 +13,6 @@ from fedehr.data.transforms import Normaliser
 from fedehr.models.encoding import Layout, encode_cohort, heads_loss, sample_heads, to_arrays
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors run fastest (and reproducibly) on one thread, also when pytest-xdist shares the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _with_categorical(cohort):
     """Add a 3-category temporal feature and a categorical static feature to a tiny cohort."""
     sch = cohort.schema

@@ -16,15 +16,6 @@ from fedehr.training.loop import TrainConfig, ordered_batches, shuffled_batches,
 
 CFG = TCVAEConfig(latent=4, hidden=16, cond_dim=4, time_dim=4, beta_warmup=0.0)
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors run fastest (and reproducibly) on one thread, also when pytest-xdist shares the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def _data(schema, n=32):
     c = make_tiny_cohort(schema, n=n)

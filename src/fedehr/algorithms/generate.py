@@ -15,24 +15,26 @@ One draw (vectorised over a batch of stays):
 Conditioning on a static feature sets it before the sequence is decoded (an intervention on s in
 p(h | u, y, s)); u is still drawn from the prior, so this is not an exact posterior conditional.
 
-Speed (benchmarks/bench_sampling.py): on the CPU stays go through in blocks of at most CPU_BLOCK, so that a
-block's (B, T, ·) tensors stay in cache; steps 3-5 after the TCVAE run on the AE decoder rewritten for sampling
-(_Plan: the latent un-standardisation folded into its first layer, its head split into the four contiguous
-"sampling heads" of fedehr.models.encoding.TemporalSampler with the mask offsets and the inverse normalisation
-folded in) and write straight into the cohort's arrays. The mask and the count of a cell share one uniform
-(exact, see TemporalSampler). Results are reproducible for a given seed, device and batch size.
+Speed (benchmarks/bench_sampling.py): stays go through in blocks (on the CPU at most SEQ_BLOCK stays), each
+with its own random stream (fedehr.threads.block_seed), so with torch.get_num_threads() = k > 1 on the CPU,
+k blocks run at once on threads of one intra-op thread each and the result does not depend on k. On the CPU
+the TCVAE's sequence decoder runs as fedehr.models.gru_decoder.GRUDecoder (input projection split into a
+per-stay and a per-hour term), and steps 3-5 after it run on the AE decoder rewritten for sampling (_Plan: the
+latent un-standardisation folded into its first layer, its head split into the four contiguous "sampling heads"
+of fedehr.models.encoding.TemporalSampler with the mask offsets and the inverse normalisation folded in), which
+write straight into the cohort's arrays. The mask and the count of a cell share one uniform (exact, see
+TemporalSampler). Results are reproducible for a given seed, device and batch size.
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedehr.config import ExperimentConfig, resolve_device
 from fedehr.data.cohort import Cohort
@@ -41,40 +43,16 @@ from fedehr.data.transforms import Normaliser
 from fedehr.errors import InputError
 from fedehr.models.autoencoder import Autoencoder, build_autoencoder
 from fedehr.models.encoding import Layout, TemporalSampler, ar1_noise, to_arrays
+from fedehr.models.fastlinear import Affine, linear
+from fedehr.models.gru_decoder import GRUDecoder
 from fedehr.models.tcvae import TCVAE, build_for, latent_gaussian
 from fedehr.models.tcvae import sample as tcvae_sample
+from fedehr.threads import block_seed, run_batches
 from fedehr.training.checkpoint import load_bundle, load_numpy_state
 
 SYNTHETIC_ID_BASE = 10**12  # synthetic stay ids start here, far above real ids
 SEQ_BLOCK = 512  # on the CPU: stays per TCVAE batch
 CPU_BLOCK = 512  # on the CPU: stays per decoding chunk, so that its (B, T, ·) tensors stay in cache
-
-
-Affine = tuple[torch.Tensor, torch.Tensor]  # a linear layer's (weight (out, in), bias (out,))
-
-
-@functools.cache
-def _onednn_linear() -> bool:
-    """Whether torch's oneDNN linear kernel is usable here (checked once against F.linear). On the CPUs we
-    measured (AMD EPYC, MKL's generic path) it runs these skinny per-hour layers 2-3× faster than F.linear."""
-    try:
-        g = torch.Generator().manual_seed(0)
-        x, w, b = torch.randn(64, 16, generator=g), torch.randn(24, 16, generator=g), torch.randn(24, generator=g)
-        got = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
-        return bool(torch.backends.mkldnn.is_available() and torch.allclose(got, F.linear(x, w, b).relu(), atol=1e-5))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
-def _linear(x: torch.Tensor, layer: Affine, relu: bool = False) -> torch.Tensor:
-    """x (..., in) → (..., out), optionally ReLU'd: oneDNN on float32 CPU tensors when available, else F.linear."""
-    w, b = layer
-    if w.shape[0] == 0:
-        return x.new_empty((*x.shape[:-1], 0))
-    if x.device.type == "cpu" and x.dtype == torch.float32 and w.is_contiguous() and _onednn_linear():
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w, b, "relu" if relu else "none", [], "")
-    y = F.linear(x, w, b)
-    return y.relu_() if relu else y
 
 
 @dataclass(frozen=True)
@@ -84,14 +62,15 @@ class _Plan:
     (TemporalSampler.fold_linear: mask offsets and inverse normalisation folded in)."""
 
     sampler: TemporalSampler
+    sequence: Callable[..., torch.Tensor] | None = None  # TCVAE sequence decoder (GRUDecoder on the CPU)
     hidden: tuple[Affine, ...] = ()
     heads: tuple[Affine, ...] = ()
 
     def decode(self, h: torch.Tensor) -> list[torch.Tensor]:
         """Standardised latent codes (B, T, d) → the four sampling heads (B, T, ·)."""
         for layer in self.hidden:
-            h = _linear(h, layer, relu=True)
-        return [_linear(h, layer) for layer in self.heads]
+            h = linear(h, layer, relu=True)
+        return [linear(h, layer) for layer in self.heads]
 
 
 @dataclass
@@ -217,7 +196,6 @@ class SyntheticGenerator:
                 device: str, batch_size: int | None) -> Cohort:
         fixed_labels, fixed_static = self._check_condition(condition)
         rng = np.random.default_rng(seed)
-        gen = torch.Generator(device=device).manual_seed(int(seed))
         labels = self._labels(n, rng, fixed_labels, prevalence)
         hook = self._static_hook(fixed_static)
         bs = batch_size or self.cfg.sampling.batch_size
@@ -232,9 +210,13 @@ class SyntheticGenerator:
         static = np.empty((n, len(self.schema.static)), dtype=np.float32)
         plan = self._plan(device)
         out_v, out_c = (torch.from_numpy(values), torch.from_numpy(counts)) if on_cpu else (None, None)
-        for a in range(0, n, bs):
+
+        @torch.inference_mode()
+        def block(index: int, a: int) -> None:
+            """Stays a .. a+bs, from the block's own random stream, written into disjoint rows."""
+            gen = torch.Generator(device=device).manual_seed(block_seed(seed, index))
             y = torch.as_tensor(labels[a:a + bs], device=device)
-            seq, static_draws = self._sequence(torch.cat([y, torch.ones_like(y)], 1), gen, hook)
+            seq, static_draws = self._sequence(torch.cat([y, torch.ones_like(y)], 1), gen, hook, plan)
             for a2 in range(0, len(y), chunk):
                 heads = self._decode(seq[a2:a2 + chunk], gen, plan)
                 i, j = a + a2, a + min(a2 + chunk, len(y))
@@ -247,6 +229,9 @@ class SyntheticGenerator:
                     values[i:j], counts[i:j] = v.cpu().numpy(), c.cpu().numpy()
             if self.schema.static:
                 static[a:a + bs] = self._static_arrays(static_draws)
+
+        blocks = list(enumerate(range(0, n, bs)))
+        run_batches(block, blocks, min(torch.get_num_threads(), len(blocks)) if on_cpu else 1)
         for j, val in fixed_static.items():
             static[:, j] = val  # exact value (the normalise → invert round trip is only float-exact)
         return Cohort(self.schema, SYNTHETIC_ID_BASE + np.arange(n, dtype=np.int64), np.full(n, "synthetic"),
@@ -265,8 +250,11 @@ class SyntheticGenerator:
                                   None if bias is None else np.asarray(bias, dtype=np.float64),
                                   mask_mode=sc.mask, binary_mode=sc.binary, numeric_mode=sc.numeric,
                                   rho=sc.noise_rho, device=device)
+        sequence = None
+        if torch.device(device).type == "cpu" and self.tcvae.layers == 1:
+            sequence = GRUDecoder(self.tcvae).decode  # checked against TCVAE.decode in the tests
         if self.ae is None:
-            return _Plan(sampler)
+            return _Plan(sampler, sequence)
         mean, std = (torch.as_tensor(np.asarray(self.sampling[k], dtype=np.float64))
                      for k in ("latent_mean", "latent_std"))
         layers = [(layer.weight.detach().contiguous(), layer.bias.detach()) for layer in self.ae.dec]
@@ -280,7 +268,7 @@ class SyntheticGenerator:
             layers[0] = unstandardise(layers[0])
         else:
             heads = [unstandardise(layer) for layer in heads]
-        plan = _Plan(sampler, tuple(layers), tuple(heads))
+        plan = _Plan(sampler, sequence, tuple(layers), tuple(heads))
         h = torch.randn((2, 3, self.cfg.ae.latent), generator=torch.Generator().manual_seed(0)).to(device)
         want = sampler.apply_map(self.ae.decode(h * std.to(h) + mean.to(h)))
         for got, ref in zip(plan.decode(h), want, strict=True):
@@ -289,11 +277,13 @@ class SyntheticGenerator:
                                    "update SyntheticGenerator._plan")
         return plan
 
-    def _sequence(self, y: torch.Tensor, gen: torch.Generator, hook) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _sequence(self, y: torch.Tensor, gen: torch.Generator, hook, plan: _Plan
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TCVAE outputs (B, T, ·) for label codes y (B, 2L) (u from the sampling prior), and the static draws."""
         sc = self.cfg.sampling
         return tcvae_sample(self.tcvae, self.layout, y, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary,
-                            numeric_mode=sc.numeric, static_hook=hook, u=self._prior_u(y, gen))
+                            numeric_mode=sc.numeric, static_hook=hook, u=self._prior_u(y, gen),
+                            decode=plan.sequence)
 
     def _decode(self, out: torch.Tensor, gen: torch.Generator, plan: _Plan) -> list[torch.Tensor]:
         """TCVAE outputs → the four sampling heads (TemporalSampler; calibrated mask offsets and inverse
@@ -344,7 +334,7 @@ def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000
     gen.to("cpu")
     plan = gen._plan("cpu", calibrated=False)
     y = torch.as_tensor(gen._labels(n, rng, {}, None))
-    seq, _ = gen._sequence(torch.cat([y, torch.ones_like(y)], 1), g, None)
+    seq, _ = gen._sequence(torch.cat([y, torch.ones_like(y)], 1), g, None, plan)
     heads = gen._decode(seq, g, plan)
     logits = heads[1].reshape(-1, f).double()                 # (n·T, F) uncalibrated mask logits, schema order
     tgt = torch.as_tensor(np.asarray(target, dtype=np.float64)).clamp(1e-6, 1 - 1e-6)

@@ -193,12 +193,14 @@ def class_moments(model: TCVAE, batches, pattern: torch.Tensor, n_patterns: int
 def sample(model: TCVAE, layout: Layout, y: torch.Tensor, *, generator: torch.Generator | None,
            mask_mode: str = "bernoulli", binary_mode: str = "bernoulli", numeric_mode: str = "sample",
            static_hook: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
-           u: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+           u: torch.Tensor | None = None, decode: Callable[..., torch.Tensor] | None = None
+           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Ancestral sample for label codes y (B, Y): u ~ p(u|y) (or the given ``u`` (B, U), e.g. drawn from the
     site-moment mixture), s ~ p(s|u,y), outputs of p(h|u,y,s).
 
     ``static_hook`` may edit the static draws (e.g. to condition on a given age) before they feed the
-    sequence decoder. Returns (sequence outputs (B, T, X), static draws).
+    sequence decoder. ``decode`` replaces model.decode (e.g. fedehr.models.gru_decoder.GRUDecoder.decode).
+    Returns (sequence outputs (B, T, X), static draws).
     """
     if u is None:
         mu_p, logvar_p = model.prior_params(y)
@@ -211,4 +213,4 @@ def sample(model: TCVAE, layout: Layout, y: torch.Tensor, *, generator: torch.Ge
         s = draws_to_encoding(draws, layout.static)
     else:
         draws, s = {}, u.new_zeros((u.shape[0], 0))
-    return model.decode(u, y, s), draws
+    return (decode or model.decode)(u, y, s), draws
