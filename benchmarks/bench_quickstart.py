@@ -1,6 +1,6 @@
 """Wall time and memory of `fedehr quickstart` (the `make run` job), whole process tree included.
 
-Usage: .venv/bin/python benchmarks/bench_quickstart.py [--json PATH] [--interval 0.2] [--keep DIR]
+Usage: .venv/bin/python benchmarks/bench_quickstart.py [--json PATH] [--interval 0.2] [--keep DIR] [--parallel K]
 
 Runs `.venv/bin/fedehr quickstart --out DIR` as a child process and samples its whole process tree (the CLI,
 Ray's GCS/raylet and the ClientApp workers) every --interval seconds with psutil:
@@ -8,9 +8,11 @@ Ray's GCS/raylet and the ClientApp workers) every --interval seconds with psutil
   libraries mapped by every Ray worker, for instance) are counted once per process, so this overstates what the
   machine actually holds;
 * peak_tree_pss_mb: the largest sum of proportional set sizes (each shared page split among its sharers): the
-  tree's real footprint, and the figure the issue's memory target is checked against;
+  tree's real footprint;
 * peak_process_rss_mb: the largest single process.
-Targets (issue 5): <= 180 s wall and <= 2 GB on the 2-core machine. The 1-minute load average at start and end
+Targets (issue 5): <= 180 s wall and <= 2 GB peak RSS on the 2-core machine, checked against the (stricter)
+whole-tree RSS. --parallel K is passed to `fedehr quickstart` (simulated hospitals training at once; one Ray
+worker process each). The 1-minute load average at start and end
 is printed, because other processes slow the wall time down. Exit status 1 if a target is missed.
 """
 
@@ -57,13 +59,15 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--interval", type=float, default=0.2)
     ap.add_argument("--keep", type=Path, default=None, help="quickstart output dir to keep (default: a temp dir)")
+    ap.add_argument("--parallel", type=int, default=None, help="passed to `fedehr quickstart --parallel`")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fedehr-bench-qs-"))
     out = args.keep or tmp / "qs"
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(FEDEHR), "quickstart", "--out", str(out)], cwd=REPO, env=env,
+    extra = [] if args.parallel is None else ["--parallel", str(args.parallel)]
+    proc = subprocess.Popen([str(FEDEHR), "quickstart", "--out", str(out), *extra], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
     peak = [0.0, 0.0, 0.0]
@@ -76,7 +80,8 @@ def main() -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     res = {"wall_s": round(wall, 1), "exit_code": proc.returncode, "peak_tree_rss_mb": round(peak[0]),
            "peak_tree_pss_mb": round(peak[1]), "peak_process_rss_mb": round(peak[2]),
-           "load_avg_1m_start": load0, "load_avg_1m_end": os.getloadavg()[0], "cpus": os.cpu_count(),
+           "parallel": args.parallel, "load_avg_1m_start": load0, "load_avg_1m_end": os.getloadavg()[0],
+           "cpus": os.cpu_count(),
            "targets": {"wall_s": TARGET_S, "memory_mb": TARGET_MB}}
     print(json.dumps(res, indent=2))
     if proc.returncode != 0:
@@ -85,7 +90,7 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2))
-    return 0 if wall <= TARGET_S and peak[1] <= TARGET_MB else 1
+    return 0 if wall <= TARGET_S and peak[0] <= TARGET_MB else 1
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ def quickstart(
     method: str = typer.Option("fedehr-gen", help="fedehr-gen | fedavg | fedavg-direct | centralized"),
     seed: int = typer.Option(0, help="seed of the simulator, the splits, training and sampling"),
     device: str = typer.Option("auto", help="cpu | cuda | auto"),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="simulated hospitals that train at the same time "
+                                 "(one Ray worker process of about 0.8 GB each; 2 is faster on 2 free cores)"),
 ) -> None:
     """Run the whole product once on the built-in SIMULATED multi-hospital ICU cohort and print the report path."""
     from fedehr.cli.render import console, print_summary
@@ -90,7 +92,7 @@ def quickstart(
 
     run_dir = out / "run"
     run_training(cohort_dir, method=method, out=run_dir, config="quickstart", overrides=[f"seed={seed}"],
-                 device=device)
+                 device=device, parallel=parallel)
 
     console.rule("[bold]3/5 sampling synthetic patients")
     from fedehr.algorithms.generate import sample
