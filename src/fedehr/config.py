@@ -171,10 +171,11 @@ class MatchingConfig(_Section):
     cost: Literal["l2", "bbp-map"] = _f("l2", "neuron matching cost: squared L2 to the leave-one-out global "
                                         "estimate, or FedMA's BBP-MAP cost (fixed global width)")
     sweeps: int = _f(3, "refinement passes of the assignment per layer", min=1)
-    retrain_epochs: int = _f(1, "local epochs retraining the layers above a just-matched layer "
-                             "(0: match all layers in one server step, no retraining)", min=0)
-    site_init: Literal["independent", "common"] = _f("independent", "round-0 initialisation: each site its own "
-                                                     "random init (FedMA) or one common init (FedAvg-style)")
+    retrain_epochs: int = _f(0, "local epochs retraining the layers above a just-matched layer (FedMA's "
+                             "layer-wise freeze and retrain; 0: match all layers in one server step, which "
+                             "measured better, docs/methods.md §13)", min=0)
+    site_init: Literal["independent", "common"] = _f("common", "round-0 initialisation: one common init "
+                                                     "(measured better) or each site its own random init (FedMA)")
     sigma: float = _f(1.0, "BBP-MAP: per-site neuron noise σ", min_exclusive=0.0)
     sigma0: float = _f(1.0, "BBP-MAP: prior σ0 of global neurons", min_exclusive=0.0)
 
@@ -270,7 +271,7 @@ class ExperimentConfig(_Section):
     eval_sample: int = _f(1000, "synthetic stays sent to the sites for evaluation (0 skips evaluation)", min=0)
     ae: AEConfig = field(default_factory=AEConfig, metadata={"help": "stage-1 autoencoder"})
     tcvae: TCVAEConfig = field(default_factory=TCVAEConfig, metadata={"help": "stage-2 TCVAE"})
-    stage1: Stage1Config = field(default_factory=lambda: Stage1Config(rounds=3, local_epochs=2),
+    stage1: Stage1Config = field(default_factory=lambda: Stage1Config(rounds=3, local_epochs=7),
                                  metadata={"help": "stage-1 schedule"})
     stage2: Stage2Config = field(default_factory=lambda: Stage2Config(rounds=10, local_epochs=1),
                                  metadata={"help": "stage-2 schedule"})

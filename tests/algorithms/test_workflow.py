@@ -20,7 +20,8 @@ from fedehr.errors import FedEHRError
 
 TINY = ["device=cpu", "eval_sample=0", "ae.hidden=[8, 4]", "ae.latent=3", "tcvae.hidden=8", "tcvae.latent=3",
         "tcvae.cond_dim=4", "tcvae.time_dim=4", "stage1.rounds=2", "stage1.local_epochs=1", "stage1.batch_size=16",
-        "stage2.rounds=2", "stage2.batch_size=16", "matching.sweeps=2", "local_site=site1"]
+        "stage2.rounds=2", "stage2.batch_size=16", "matching.sweeps=2", "local_site=site1",
+        "matching.retrain_epochs=1", "matching.site_init=independent"]  # FedMA's full path
 
 
 @pytest.fixture(scope="module")
