@@ -13,7 +13,7 @@ from fedehr.data.cohort import Cohort
 from fedehr.data.fedstats import merge, site_stats
 from fedehr.data.transforms import Normaliser
 from fedehr.errors import InputError
-from fedehr.models.diffusion import cdmt, channels
+from fedehr.models.diffusion import cdmt, cdmt_sampler, channels
 from fedehr.models.diffusion.schedule import Timewarp
 
 DIMS = cdmt.CDMTDims(n_bins=5, n_num=3, cat_sizes=(2, 3, 4), n_classes=2)
@@ -191,7 +191,7 @@ def test_sampler_evaluations_shapes_and_reproducibility(monkeypatch: pytest.Monk
     """Euler: N + 1 evaluations, Heun: 2N + 1; outputs have the channel shapes and valid classes."""
     m = _model()
     calls = []
-    orig_fast, orig_forward = cdmt._FastEuler.network, m.forward
+    orig_fast, orig_forward = cdmt_sampler._FastEuler.network, m.forward
 
     def counting_fast(self, *a, **k):
         calls.append(1)
@@ -201,7 +201,7 @@ def test_sampler_evaluations_shapes_and_reproducibility(monkeypatch: pytest.Monk
         calls.append(1)
         return orig_forward(*a, **k)
 
-    monkeypatch.setattr(cdmt._FastEuler, "network", counting_fast)  # Euler on CPU: the re-laid-out sampler
+    monkeypatch.setattr(cdmt_sampler._FastEuler, "network", counting_fast)  # Euler on CPU: the re-laid-out sampler
     m.forward = counting  # type: ignore[method-assign]
     out = cdmt.sample(m, 7, generator=torch.Generator().manual_seed(0), steps=5)
     assert len(calls) == 6
@@ -255,7 +255,7 @@ def test_fast_bigru_equals_nn_gru() -> None:
         for p in gru.parameters():
             p.copy_(torch.randn(p.shape, generator=g))
     x = torch.randn(4, 7, 6, generator=g)  # (B, S, H)
-    fast = cdmt._BiGRU(gru)
+    fast = cdmt_sampler._BiGRU(gru)
     with torch.no_grad():
         v = fast(x.permute(2, 1, 0).contiguous(), fast.workspace(7, 4, x))  # (2h, S, B)
         torch.testing.assert_close(2 * v.permute(2, 1, 0) - 1, gru(x)[0], atol=1e-5, rtol=1e-5)
