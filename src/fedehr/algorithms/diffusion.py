@@ -46,6 +46,7 @@ from fedehr.algorithms.diffusion_spec import (
     nfe,
 )
 from fedehr.algorithms.fedehr_gen import prefixed, strip_prefix
+from fedehr.algorithms.planned import PlannedWorkflow
 from fedehr.algorithms.protocol import Reply, Task
 from fedehr.config import resolve_device
 from fedehr.data import fedstats
@@ -107,7 +108,7 @@ def build_plan(cfg: Experiment) -> list[tuple[Any, ...]]:
     return plan
 
 
-class DiffusionWorkflow:
+class DiffusionWorkflow(PlannedWorkflow):
     """Server workflow (fedehr.algorithms.protocol.Workflow) of the diffusion methods."""
 
     def __init__(self, cfg: Experiment) -> None:
@@ -132,14 +133,6 @@ class DiffusionWorkflow:
         self.sampling_seconds: float | None = None  # wall time of the evaluation sample (None: none drawn)
         self._cfg_json = json.dumps(cfg.to_dict())
 
-    @property
-    def total_steps(self) -> int:
-        return len(self.plan)
-
-    @property
-    def done(self) -> bool:
-        return self.step >= len(self.plan)
-
     def participants(self) -> list[str] | None:
         return list(self.sites) if self.sites and not self.done else None
 
@@ -150,15 +143,6 @@ class DiffusionWorkflow:
         if kind[0] == "dm-train":
             return f"{self.cfg.method} round {kind[1] + 1}/{self.cfg.diffusion.stage.rounds}: dm-train"
         return kind[0]
-
-    def _task(self, action: str, kind: tuple[Any, ...], config: dict[str, Any] | None = None,
-              arrays: Arrays | None = None) -> Task:
-        base: dict[str, Any] = {"cfg": self._cfg_json, "step": self.step, "round": self.step}
-        if self.normaliser is not None:
-            base["normaliser"] = json.dumps(self.normaliser.to_dict())
-        if self.single:
-            base["carry_optimizer"] = True
-        return Task(action, {**base, **(config or {})}, arrays or {}, {}, self._label(kind))
 
     def next_task(self) -> Task | None:
         if self.done:
@@ -222,10 +206,7 @@ class DiffusionWorkflow:
 
     # ---- replies --------------------------------------------------------------------------------------------
     def receive(self, task: Task, replies: list[Reply], missing: list[str]) -> None:
-        if self.done:
-            raise FedEHRError("the workflow has finished; no more replies expected")
-        if int(task.config.get("step", -1)) != self.step:
-            raise FedEHRError(f"replies for step {task.config.get('step')} arrived at step {self.step}")
+        self._check_replies(task)
         kind = self.plan[self.step]
         got = sorted((r for r in replies if not self.sites or r.site in self.sites), key=lambda r: r.site)
         if kind[0] == "hello":

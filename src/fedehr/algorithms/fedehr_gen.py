@@ -32,6 +32,7 @@ import torch
 from fedehr.aggregation.fedavg import weighted_average
 from fedehr.aggregation.matching import match_network_layer
 from fedehr.aggregation.weighting import site_weights
+from fedehr.algorithms.planned import PlannedWorkflow
 from fedehr.algorithms.protocol import Reply, Task
 from fedehr.config import ExperimentConfig
 from fedehr.data import fedstats
@@ -94,7 +95,7 @@ class _Pending:
     synthetic: Cohort | None = None
 
 
-class GenWorkflow:
+class GenWorkflow(PlannedWorkflow):
     """The Workflow (fedehr.algorithms.protocol) of every generator method in fedehr."""
 
     def __init__(self, cfg: ExperimentConfig) -> None:
@@ -121,14 +122,6 @@ class GenWorkflow:
         self.sampling_seconds = 0.0  # wall time of the last sample_for_evaluation
 
     # ---- protocol -----------------------------------------------------------------------------------------
-    @property
-    def total_steps(self) -> int:
-        return len(self.plan)
-
-    @property
-    def done(self) -> bool:
-        return self.step >= len(self.plan)
-
     def next_task(self) -> Task | None:
         while self.step < len(self.plan):
             task = self._make(self.plan[self.step])
@@ -138,11 +131,7 @@ class GenWorkflow:
         return None
 
     def receive(self, task: Task, replies: list[Reply], missing: list[str]) -> None:
-        if self.done:
-            raise FedEHRError("the workflow has finished; no more replies expected")
-        if int(task.config.get("step", -1)) != self.step:
-            raise FedEHRError(f"replies for step {task.config.get('step')} arrived while the workflow is at "
-                              f"step {self.step} ({self._label(self.plan[self.step])})")
+        self._check_replies(task)
         kind = self.plan[self.step]
         expected = self.participants()
         skipped = [r.site for r in replies if r.metrics.get("skipped")]
@@ -186,15 +175,6 @@ class GenWorkflow:
         if kind[0] == "tcvae-train":
             return f"stage 2 round {kind[1] + 1}/{self.cfg.stage2.rounds}: tcvae-train"
         return kind[0]
-
-    def _task(self, action: str, kind: tuple[Any, ...], config: dict[str, Any] | None = None,
-              arrays: Arrays | None = None, per_site: dict[str, Arrays] | None = None) -> Task:
-        base: dict[str, Any] = {"cfg": self._cfg_json, "step": self.step, "round": self.step}
-        if self.normaliser is not None:
-            base["normaliser"] = json.dumps(self.normaliser.to_dict())
-        if self.single:
-            base["carry_optimizer"] = True
-        return Task(action, {**base, **(config or {})}, arrays or {}, per_site or {}, self._label(kind))
 
     def _make(self, kind: tuple[Any, ...]) -> Task | None:
         return getattr(self, "_make_" + kind[0].replace("-", "_"))(kind)
