@@ -7,7 +7,7 @@ DIR is a cohort directory with train and test splits, e.g. the one `benchmarks/b
 physionet2012` prepares under WORK/physionet2012/cohort. For each training seed the method is trained with the
 in-process driver (fedehr.algorithms.inprocess; the Flower runtime trains bit-identical weights, see
 tests/federation), with `eval_sample = 0` and one torch thread. It then reports:
-  tstr          TSTR AUROC (gradient boosting on per-stay summaries, as bench_methods) of a synthetic cohort as
+  tstr          TSTR AUROC (the evaluation suite's gradient boosting on per-stay summaries) of a synthetic cohort as
                 large as the train split, as the mean over --sample-seeds (one sample's TSTR varies by about
                 ±0.05 between sampling seeds of one model, so single draws mislead);
   with --chain (two-stage methods): the same TSTR on the real training stays passed through the trained
@@ -24,32 +24,35 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from fedehr.evaluation.utility import TaskData
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def gb():
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    return HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=20,
-                                          l2_regularization=1.0, random_state=0)
-
-
-def tstr(train_cohort, test_x: np.ndarray, test_y: np.ndarray) -> float:
+def tstr(synthetic, test: TaskData) -> float:
+    """TSTR AUROC with the evaluation suite's gradient-boosting model (fedehr.evaluation.utility.gbm_scores)."""
     from sklearn.metrics import roc_auc_score
 
+    from fedehr.evaluation.utility import gbm_scores
+
+    return float(roc_auc_score(test.y, gbm_scores(task_data(synthetic), test, seed=0)))
+
+
+def task_data(cohort) -> TaskData:
     from fedehr.evaluation.featurize import stay_summaries
+    from fedehr.evaluation.utility import TaskData
 
-    x = stay_summaries(train_cohort.values, train_cohort.counts, train_cohort.static)
-    keep = np.isfinite(x).any(0)
-    model = gb().fit(x[:, keep], train_cohort.labels[:, 0])
-    return float(roc_auc_score(test_y, model.predict_proba(test_x[:, keep])[:, 1]))
+    return TaskData(stay_summaries(cohort.values, cohort.counts, cohort.static), cohort.values, cohort.counts,
+                    cohort.static, cohort.labels[:, 0], cohort.sites)
 
 
-def chain(gen, train, test_x, test_y, seed: int) -> dict[str, float]:
+def chain(gen, train, test: TaskData, seed: int) -> dict[str, float]:
     """TSTR of the real training stays passed through the AE, and through AE + TCVAE (posterior mean)."""
     from fedehr.data.cohort import Cohort
     from fedehr.models.encoding import encode_cohort, sample_heads, to_arrays
@@ -72,8 +75,8 @@ def chain(gen, train, test_x, test_y, seed: int) -> dict[str, float]:
         std = torch.as_tensor(gen.sampling["latent_std"], dtype=torch.float32)
         mu, _ = gen.tcvae.encode((h - mean) / std, s, y)
         h_rec, _ = latent_gaussian(gen.tcvae.decode(mu, y, s), gen.cfg.tcvae.min_sigma)
-        return {"ae_recon": tstr(cohort(gen.ae.decode(h)), test_x, test_y),
-                "tcvae_recon": tstr(cohort(gen.ae.decode(h_rec * std + mean)), test_x, test_y)}
+        return {"ae_recon": tstr(cohort(gen.ae.decode(h)), test),
+                "tcvae_recon": tstr(cohort(gen.ae.decode(h_rec * std + mean)), test)}
 
 
 def main() -> int:
@@ -94,10 +97,9 @@ def main() -> int:
     from fedehr.cli.train import config_path
     from fedehr.config import load_config
     from fedehr.data.store import load_cohort
-    from fedehr.evaluation.featurize import stay_summaries
 
-    train, test = load_cohort(args.cohort, split="train"), load_cohort(args.cohort, split="test")
-    test_x, test_y = stay_summaries(test.values, test.counts, test.static), test.labels[:, 0]
+    train, real_test = load_cohort(args.cohort, split="train"), load_cohort(args.cohort, split="test")
+    test = task_data(real_test)
     largest = max(train.site_names, key=lambda s: int((train.sites == s).sum()))
     rows = []
     for seed in (int(x) for x in args.seeds.split(",")):
@@ -109,10 +111,10 @@ def main() -> int:
         gen = wf.generator()
         row = {"method": args.method, "overrides": args.overrides, "seed": seed,
                "train_s": round(time.perf_counter() - t0, 1)}
-        draws = [tstr(gen.sample(len(train), seed=s), test_x, test_y) for s in map(int, args.sample_seeds.split(","))]
+        draws = [tstr(gen.sample(len(train), seed=s), test) for s in map(int, args.sample_seeds.split(","))]
         row.update(tstr=float(np.mean(draws)), tstr_draws=draws)
         if args.chain and gen.ae is not None:
-            row.update(chain(gen, train, test_x, test_y, seed))
+            row.update(chain(gen, train, test, seed))
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {k: float(np.mean([r[k] for r in rows])) for k in ("tstr", "ae_recon", "tcvae_recon") if k in rows[0]}
