@@ -3,11 +3,13 @@
 Usage: .venv/bin/python benchmarks/bench_diffusion.py [--json PATH] [--threads 2] [--n 4096] [--quick]
        [--variants rnn=lstm patch=4] [--skip-ehrdiff] [--skip-train]
 
-Figures (default network sizes, random weights — speed does not depend on training):
-* cdmt-ehr sampling, 50 Euler steps (NFE 51), 48 h × 40 temporal features (+ Age, Gender as hour-constant
-  channels): stays/s (wall clock, and per CPU-second of this process, which is the per-core rate and much less
-  sensitive to other processes). Target >= 1,000 stays/s on 2 threads. Also for the ``--variants`` (CDMTConfig
-  overrides such as ``rnn=lstm`` or ``patch=4``).
+Figures (random weights — speed does not depend on training):
+* cdmt-ehr sampling with the network of the preset configs/cdmt-ehr.toml ([diffusion.cdmt]: hidden 64, the one
+  that meets the TSTR target), 50 Euler steps (NFE 51), 48 h × 40 temporal features (+ Age, Gender as
+  hour-constant channels), the preset's ``matmul`` setting resolved on this CPU: stays/s (wall clock, and per
+  CPU-second of this process, which is the per-core rate and much less sensitive to other processes). Target
+  >= 1,000 stays/s on 2 threads. Also for the ``--variants`` (CDMTConfig overrides of the preset network such as
+  ``matmul=float32``, ``hidden=32`` or ``rnn=lstm``).
 * EHRDiff sampling, 32 Heun steps (NFE 63): ``codes`` mode at the paper's MIMIC-III width (Z = 1782) and
   ``series`` mode on the same 48 × 40 grid (Z = 2·48·40 + 4): stays/s.
 * Training: optimiser steps/s (Adam, batch 256) of each model.
@@ -23,6 +25,7 @@ import os
 import platform
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +41,15 @@ TARGET_CDMT = 1000.0
 def _schema() -> Schema:
     names = list(TEMPORAL)[:40]
     return Schema(temporal=temporal_specs(names), static=static_specs(["Age", "Gender"]), hours=48, bin_hours=1)
+
+
+PRESET = Path(__file__).resolve().parents[1] / "configs" / "cdmt-ehr.toml"
+
+
+def preset_network() -> dict[str, object]:
+    """The [diffusion.cdmt] table of configs/cdmt-ehr.toml (network and sampler settings of the preset)."""
+    with PRESET.open("rb") as fh:
+        return dict(tomllib.load(fh)["diffusion"]["cdmt"])
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, float, str]:
@@ -62,13 +74,15 @@ def bench_cdmt(schema: Schema, n: int, train_steps: int, variant: str = "") -> d
     layout = channels.ChannelLayout.of(schema)
     dims = cdmt.CDMTDims(schema.n_bins, len(layout.num), layout.cat_sizes, 2)
     g = torch.Generator().manual_seed(0)
-    model = cdmt.build(cdmt.CDMTConfig(**_variant(variant)), dims, generator=g)  # type: ignore[arg-type]
+    cfg = cdmt.CDMTConfig(**{**preset_network(), **_variant(variant)})  # type: ignore[arg-type]
+    model = cdmt.build(cfg, dims, generator=g)
     labels = torch.randint(0, 2, (n,), generator=g)
     cdmt.sample(model, 256, generator=g, steps=2)  # warm-up
-    dt, cpu, load = _timed(lambda: cdmt.sample(model, n, generator=g, labels=labels, steps=50))
+    dt, cpu, load = _timed(lambda: cdmt.sample(model, n, generator=g, labels=labels, steps=50, guidance=0.0))
     key = "cdmt" + ("" if not variant else "[" + variant + "]")
     out: dict[str, object] = {f"{key}_sample_stays_per_s": n / dt, f"{key}_sample_stays_per_cpu_s": n / cpu,
-                              f"{key}_sample_load": load}
+                              f"{key}_sample_load": load, f"{key}_hidden": cfg.hidden,
+                              f"{key}_matmul": str(cdmt.matmul_dtype(cfg.matmul)).removeprefix("torch.")}
     if variant or not train_steps:
         return out
     b = 256
@@ -123,8 +137,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=4096, help="stays sampled per figure")
     ap.add_argument("--quick", action="store_true", help="fewer stays and steps (smoke run)")
-    ap.add_argument("--variants", nargs="*", default=["rnn=lstm", "patch=4"],
-                    help="also time cdmt-ehr sampling with these CDMTConfig overrides, e.g. rnn=lstm,patch=2")
+    ap.add_argument("--variants", nargs="*", default=["matmul=float32", "hidden=32"],
+                    help="also time cdmt-ehr sampling with these overrides of the preset network, e.g. "
+                         "rnn=lstm,patch=2")
     ap.add_argument("--skip-ehrdiff", action="store_true", help="cdmt-ehr figures only")
     ap.add_argument("--skip-train", action="store_true", help="sampling figures only")
     args = ap.parse_args()

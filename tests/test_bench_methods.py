@@ -170,6 +170,11 @@ def test_diffusion_table_and_targets(bm):
     heun = bm.aggregate([_dres("cdmt-ehr (centralized)", 0, 0.90, 5000.0, nfe=101)], bm.DIFFUSION_COLUMNS)
     assert all(r == "n/a" and "NFE 101" in d for _, r, d in bm.check_diffusion_targets(heun))
     assert all(r == "n/a" for _, r, _ in bm.check_diffusion_targets({}))
+    one = {t: (r, d) for t, r, d in bm.check_diffusion_targets(agg, threads=1)}  # the speed target is for 2 cores
+    assert one["cdmt-ehr sampling >= 1,000 stays/s at 50 steps"][0] == "n/a" and "1 thread" in \
+        one["cdmt-ehr sampling >= 1,000 stays/s at 50 steps"][1]
+    assert one["cdmt-ehr TSTR AUROC >= 0.78 (pooled, 50 steps)"][0] == "PASS"
+    assert {t: r for t, r, _ in bm.check_diffusion_targets(agg, threads=2)} == {t: r for t, (r, _) in got.items()}
 
 
 def test_steps_sweep_table(bm):
@@ -208,3 +213,19 @@ def test_seeds_text_names_uneven_seeds(bm):
     uneven = bm.aggregate([_res("a", 0, 0.7), _res("a", 2, 0.7), _res("b", 0, 0.7)])
     assert bm.seeds_text(uneven) == "seeds per row: a: 0, 2; b: 0"
     assert bm.seeds_text({}) == "seeds —"
+
+
+def test_sampling_draws_are_averaged_and_the_first_draw_is_kept(bm):
+    first = _res("cdmt-ehr (centralized)", 2, 0.76, disc=0.9, mia=0.50)
+    assert bm.average_draws(first, []) == {**first, "n_draws": 1}
+    more = [{"sample_seed": 1002, "tstr_auroc": 0.80, "trtr_auroc": 0.84, "disc_auroc": 1.0, "mia_auc": 0.52}]
+    got = bm.average_draws(first, more)
+    assert got["n_draws"] == 2 and got["tstr_auroc"] == pytest.approx(0.78) and got["disc_auroc"] == pytest.approx(0.95)
+    assert got["trtr_auroc"] == pytest.approx(0.84) and got["train_s"] == first["train_s"]
+    assert [d["sample_seed"] for d in got["draws"]] == [2, 1002] and got["draws"][0]["tstr_auroc"] == 0.76
+    note = bm.draws_note([got, bm.average_draws(_res("cdmt-ehr (centralized)", 0, 0.70), more)])
+    assert len(note) == 1 and "draws per training seed: 2" in note[0] and "0.730 ± 0.042" in note[0]
+    assert bm.draws_note([first]) == []
+    with pytest.raises(SystemExit):
+        bm.parse_args(["--draws", "0"])
+    assert bm.parse_args(["--draws", "4"]).draws == 4

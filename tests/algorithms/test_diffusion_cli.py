@@ -164,7 +164,12 @@ def test_train_centralized_then_sample_with_steps_and_guidance(cohort: Path, tmp
     assert bool(((cohort_syn.counts > 0) == np.isfinite(cohort_syn.values)).all())
     info = json.loads(stats.read_text())
     assert (info["steps"], info["guidance"], info["nfe"], info["n"]) == (5, 1.0, 6, 30)
+    assert info["matmul"] == wf["sampling"]["matmul"] in ("float32", "bfloat16")  # the config's "auto", resolved
     assert "NFE 6" in done.output
+    done = _cli("sample", "--run", str(run), "--n", "30", "--out", str(tmp_path / "s32"), "--steps", "5",
+                "--seed", "2", "--matmul", "float32", "--metrics", str(stats))
+    assert done.exit_code == 0 and json.loads(stats.read_text())["matmul"] == "float32", done.output
+    assert "float32 products" in done.output
 
     bad = _cli("sample", "--run", str(run), "--n", "5", "--out", str(tmp_path / "x"), "--guidance", "-1")
     assert bad.exit_code != 0 and not (tmp_path / "x").exists()
@@ -174,7 +179,7 @@ def test_steps_on_a_fedehr_gen_run_is_a_clear_error(cohort: Path, tmp_path: Path
     run = tmp_path / "gen"
     done = _cli("train", "--cohort", str(cohort), "--method", "centralized", "--config", "tiny", "--out", str(run))
     assert done.exit_code == 0, (done.output, done.exception)
-    for flag in (["--steps", "5"], ["--guidance", "1.0"]):
+    for flag in (["--steps", "5"], ["--guidance", "1.0"], ["--matmul", "float32"]):
         bad = _cli("sample", "--run", str(run), "--n", "5", "--out", str(tmp_path / "syn"), *flag)
         assert isinstance(bad.exception, InputError), (bad.output, bad.exception)
         assert "only for diffusion runs" in str(bad.exception) and flag[0] in str(bad.exception)

@@ -236,7 +236,8 @@ def test_fast_euler_sampler_matches_the_reference_path(variant: dict) -> None:
     guidance = variant.pop("guidance", 0.0)
     m = _randomised(_model(cdmt.CDMTConfig.tiny(steps=6, **variant)))
     y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 1])
-    out = cdmt.sample(m, 9, generator=torch.Generator().manual_seed(3), labels=y, guidance=guidance)
+    out = cdmt.sample(m, 9, generator=torch.Generator().manual_seed(3), labels=y, guidance=guidance,
+                      matmul="float32")
     noise = torch.randn(9, DIMS.n_bins, m.width, generator=torch.Generator().manual_seed(3))
     u_grid, sigmas = cdmt._schedule(m, 6, torch.device("cpu"))
     with torch.no_grad():
@@ -245,6 +246,40 @@ def test_fast_euler_sampler_matches_the_reference_path(variant: dict) -> None:
     torch.testing.assert_close(out["num"], d, atol=1e-4, rtol=1e-4)
     assert torch.equal(out["cat"], classes)
     assert len(torch.unique(classes)) > 1
+
+
+@pytest.mark.parametrize("guidance", [0.0, 1.5])
+def test_bfloat16_products_stay_close_to_float32(guidance: float) -> None:
+    """matmul="bfloat16" (bf16 operands and products, float32 state) moves the samples by a small fraction of
+    their spread and keeps almost every class; it is a different computation, not the float32 one."""
+    m = _randomised(_model(cdmt.CDMTConfig.tiny(steps=8, hidden=16)))
+    y = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(1))
+    out = {mm: cdmt.sample(m, 64, generator=torch.Generator().manual_seed(3), labels=y, guidance=guidance,
+                           matmul=mm) for mm in ("float32", "bfloat16")}
+    d32, d16 = out["float32"]["num"], out["bfloat16"]["num"]
+    assert not torch.equal(d32, d16)
+    assert float((d32 - d16).abs().mean()) < 0.02 * float(d32.std())
+    assert float((out["float32"]["cat"] == out["bfloat16"]["cat"]).float().mean()) > 0.97
+
+
+def test_matmul_setting_resolves_and_rejects_unknown_values() -> None:
+    from fedehr.models.fastlinear import native_bf16
+
+    assert cdmt.matmul_dtype("float32") == torch.float32 and cdmt.matmul_dtype("bfloat16") == torch.bfloat16
+    assert cdmt.matmul_dtype("auto") == (torch.bfloat16 if native_bf16() else torch.float32)
+    with pytest.raises(InputError, match="matmul"):
+        cdmt.matmul_dtype("float16")
+    with pytest.raises(InputError):
+        cdmt.CDMTConfig(matmul="fp8")  # type: ignore[arg-type]
+
+
+def test_native_bf16_reads_the_cpu_flags() -> None:
+    from fedehr.models.fastlinear import native_bf16
+
+    assert native_bf16("processor : 0\nflags : fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    assert native_bf16("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert not native_bf16("processor : 0\nflags : fpu sse avx2 avx512f\nbugs : avx512_bf16\n")
+    assert not native_bf16("")
 
 
 def test_fast_bigru_equals_nn_gru() -> None:
@@ -259,6 +294,10 @@ def test_fast_bigru_equals_nn_gru() -> None:
     with torch.no_grad():
         v = fast(x.permute(2, 1, 0).contiguous(), fast.workspace(7, 4, x))  # (2h, S, B)
         torch.testing.assert_close(2 * v.permute(2, 1, 0) - 1, gru(x)[0], atol=1e-5, rtol=1e-5)
+        low = cdmt_sampler._BiGRU(gru, torch.bfloat16)  # bf16 input product, bias folded in as a column
+        v16 = low(x.permute(2, 1, 0).contiguous(), low.workspace(7, 4, x))
+        torch.testing.assert_close(2 * v16.permute(2, 1, 0) - 1, gru(x)[0], atol=0.1, rtol=0)
+        assert not torch.equal(v16, v)
 
 
 def test_parallel_batches_give_the_serial_samples_and_restore_threads() -> None:

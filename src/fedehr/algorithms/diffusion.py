@@ -42,6 +42,7 @@ from fedehr.algorithms.diffusion_spec import (
     Experiment,
     channel_layout,
     label_index,
+    matmul,
     network,
     nfe,
 )
@@ -333,6 +334,7 @@ class DiffusionWorkflow(PlannedWorkflow):
         net = d.ehrdiff if self.cfg.method == "ehrdiff" else d.cdmt
         info: dict[str, Any] = {"steps": net.steps, "solver": "heun" if self.cfg.method == "ehrdiff" else d.cdmt.solver,
                                 "guidance": net.guidance, "nfe": nfe(self.cfg), "n": self.cfg.eval_sample,
+                                "matmul": matmul(self.cfg, device=self.cfg.resolved_device()),
                                 "seconds": self.sampling_seconds, "stays_per_s": None}
         if self.sampling_seconds:
             info["stays_per_s"] = self.cfg.eval_sample / self.sampling_seconds

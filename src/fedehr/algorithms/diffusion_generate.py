@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fedehr.algorithms.diffusion_spec import Experiment, channel_layout, label_index, network, nfe
+from fedehr.algorithms.diffusion_spec import matmul as matmul_name
 from fedehr.config import ExperimentConfig, resolve_device
 from fedehr.data.cohort import Cohort
 from fedehr.data.schema import Schema
@@ -84,9 +85,10 @@ class DiffusionGenerator:
             probs = np.array([1.0 - prevalence, prevalence])
         return rng.choice(len(probs), size=n, p=probs / probs.sum())
 
-    def sampler(self, steps: int | None = None, guidance: float | None = None) -> dict[str, Any]:
+    def sampler(self, steps: int | None = None, guidance: float | None = None, matmul: str | None = None,
+                device: str = "cpu") -> dict[str, Any]:
         """The sampler settings a call of :meth:`sample` with these arguments uses (None: the config's), with
-        its NFE (solver evaluations of the guided denoiser per stay)."""
+        its NFE (solver evaluations of the guided denoiser per stay) and the dtype of its matrix products."""
         d = self.cfg.diffusion
         net = d.ehrdiff if self.cfg.method == "ehrdiff" else d.cdmt
         steps = net.steps if steps is None else steps
@@ -99,17 +101,18 @@ class DiffusionGenerator:
             raise InputError("classifier-free guidance needs a conditional model; this one is unconditional",
                              field="guidance", value=guidance, expected="0 (or train with diffusion.label set)")
         solver = "heun" if self.cfg.method == "ehrdiff" else d.cdmt.solver
-        return {"steps": steps, "guidance": float(guidance), "solver": solver, "nfe": nfe(self.cfg, steps)}
+        return {"steps": steps, "guidance": float(guidance), "solver": solver, "nfe": nfe(self.cfg, steps),
+                "matmul": matmul_name(self.cfg, matmul, resolve_device(device))}
 
     @torch.no_grad()
     def sample(self, n: int, *, seed: int = 0, condition: dict[str, float] | None = None,
                prevalence: float | None = None, device: str = "cpu", batch_size: int | None = None,
-               steps: int | None = None, guidance: float | None = None) -> Cohort:
-        """``n`` synthetic stays as a Cohort (site 'synthetic', fresh stay ids); ``steps`` / ``guidance`` override
-        the config's sampler (see :meth:`sampler`)."""
+               steps: int | None = None, guidance: float | None = None, matmul: str | None = None) -> Cohort:
+        """``n`` synthetic stays as a Cohort (site 'synthetic', fresh stay ids); ``steps`` / ``guidance`` /
+        ``matmul`` override the config's sampler (see :meth:`sampler`)."""
         if n < 1:
             raise InputError("number of stays to sample must be >= 1", field="n", value=n)
-        opts = self.sampler(steps, guidance)
+        opts = self.sampler(steps, guidance, matmul, device)
         device = resolve_device(device)
         self.net.to(device).eval()
         rng = np.random.default_rng(seed)
@@ -123,7 +126,7 @@ class DiffusionGenerator:
                                          self.schema)
         else:
             draw = cdmt.sample(self.net, n, generator=gen, labels=yt, batch_size=batch_size, steps=opts["steps"],
-                               guidance=opts["guidance"])
+                               guidance=opts["guidance"], matmul=matmul)
             out = self._decode_cdmt(draw, gen)
         counts = draw_counts(np.isfinite(out["values"]), np.asarray(self.sampling["count_pmf"]), rng)
         labels = np.full((n, len(self.schema.labels)), np.nan, dtype=np.float32)

@@ -17,7 +17,7 @@ from fedehr.errors import InputError
 from fedehr.models.diffusion import cdmt, channels, ehrdiff
 
 __all__ = ["DESCRIPTIONS", "DIFFUSION_METHODS", "DiffusionConfig", "DiffusionStageConfig", "Experiment",
-           "channel_layout", "label_index", "network", "nfe", "objective"]
+           "channel_layout", "label_index", "matmul", "network", "nfe", "objective"]
 
 DESCRIPTIONS: dict[str, str] = {
     "ehrdiff": "EHRDiff (EDM + MLP) on flattened [0, 1] series with mask channels; FedAvg/FedProx or centralized",
@@ -76,3 +76,15 @@ def nfe(cfg: Experiment, steps: int | None = None) -> int:
     c = cfg.diffusion.cdmt
     n = c.steps if steps is None else int(steps)
     return 2 * n + 1 if c.solver == "heun" else n + 1
+
+
+def matmul(cfg: Experiment, setting: str | None = None, device: str = "cpu") -> str:
+    """The dtype name of the sampler's matrix products: CDMT's CPU Euler path resolves ``setting`` (default: the
+    config's ``cdmt.matmul``; see cdmt.matmul_dtype); EHRDiff, Heun and GPU sampling run float32."""
+    if setting is not None and cfg.method == "ehrdiff":
+        raise InputError("the matrix-product precision is a setting of the cdmt-ehr / latent-cdmt CPU sampler",
+                         field="matmul", value=setting, expected="no matmul setting for ehrdiff runs")
+    c = cfg.diffusion.cdmt
+    gemm = cdmt.matmul_dtype(c.matmul if setting is None else setting)
+    fast = cfg.method != "ehrdiff" and c.solver == "euler" and device == "cpu"
+    return str(gemm if fast else torch.float32).removeprefix("torch.")

@@ -249,8 +249,11 @@ def sample(
                               "run's config, e.g. 50 for cdmt-ehr)"),
     guidance: float = typer.Option(None, "--guidance", min=0.0, help="diffusion runs only: classifier-free "
                                    "guidance weight w (0: the conditional model; default: the run's config)"),
+    matmul: str = typer.Option(None, "--matmul", help="cdmt-ehr / latent-cdmt on CPU: auto | float32 | bfloat16, "
+                               "the precision of the sampler's matrix products (default: the run's config, auto = "
+                               "bfloat16 where the CPU multiplies it natively)"),
     metrics: Path = typer.Option(None, "--metrics", help="also write the sampling statistics (stays, seconds, "
-                                 "stays/s, and for diffusion runs steps, guidance and NFE) to this JSON file"),
+                                 "stays/s, and for diffusion runs steps, guidance, NFE and matmul) to this JSON file"),
 ) -> None:
     """Draw synthetic ICU stays from a trained run and export them."""
     import time
@@ -265,19 +268,20 @@ def sample(
         raise InputError("not a completed training run" + why, file=run,
                          expected="the --out directory of a finished `fedehr train`")
     diffusion = is_diffusion_run(run)
-    if not diffusion and (steps is not None or guidance is not None):
-        raise InputError("--steps and --guidance are only for diffusion runs (ehrdiff, cdmt-ehr, latent-cdmt)",
-                         file=run / "sampling.json", field="--steps" if steps is not None else "--guidance",
-                         expected="no --steps / --guidance for this run")
+    given = [name for name, v in (("--steps", steps), ("--guidance", guidance), ("--matmul", matmul)) if v is not None]
+    if not diffusion and given:
+        raise InputError("--steps, --guidance and --matmul are only for diffusion runs (ehrdiff, cdmt-ehr, "
+                         "latent-cdmt)", file=run / "sampling.json", field=given[0],
+                         expected="no --steps / --guidance / --matmul for this run")
     writer = exporter(fmt)  # unknown formats fail before sampling
     gen = load_generator(run)
-    extra = {"steps": steps, "guidance": guidance} if diffusion else {}
+    extra = {"steps": steps, "guidance": guidance, "matmul": matmul} if diffusion else {}
     import torch
 
     info: dict[str, Any] = {"run": str(run), "method": gen.cfg.method, "n": n, "seed": seed, "device": device,
                             "torch_threads": torch.get_num_threads()}
     if diffusion:
-        info.update(gen.sampler(steps, guidance))  # the settings used, with NFE (and their errors before sampling)
+        info.update(gen.sampler(steps, guidance, matmul, device))  # settings used, NFE (errors before sampling)
     t0 = time.perf_counter()
     cohort = gen.sample(n, seed=seed, condition=_parse_condition(list(condition or [])), prevalence=prevalence,
                         device=device, **extra)
@@ -290,7 +294,8 @@ def sample(
         with atomic_file(metrics) as fh:
             json.dump(info, fh, indent=2)
     prev = cohort.labels[:, 0].mean() if cohort.labels.shape[1] else float("nan")
-    nfe = f", NFE {info['nfe']} ({info['steps']} {info['solver']} steps)" if diffusion else ""
+    nfe = f", NFE {info['nfe']} ({info['steps']} {info['solver']} steps, {info['matmul']} products)" if diffusion \
+        else ""
     console.print(f"{len(cohort)} synthetic stays written to [bold]{out}[/] as {fmt} "
                   f"({cohort.schema.labels[0] if cohort.schema.labels else 'label'} prevalence {prev:.3f}); "
                   f"sampled in {info['seconds']:.2f} s{nfe}")

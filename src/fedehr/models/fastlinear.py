@@ -35,3 +35,17 @@ def linear(x: torch.Tensor, layer: Affine, relu: bool = False) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w, b, "relu" if relu else "none", [], "")
     y = F.linear(x, w, b)
     return y.relu_() if relu else y
+
+
+@functools.cache
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has native bfloat16 dot products (x86 AVX512-BF16 or AMX-BF16), from /proc/cpuinfo's flags
+    (``cpuinfo`` given: that text). Elsewhere torch emulates bfloat16 products, slower than float32 ones."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return False
+    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})

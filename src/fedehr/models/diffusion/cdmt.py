@@ -80,6 +80,10 @@ class CDMTConfig(_Section):
     solver: Literal["euler", "heun"] = _f("euler", "ODE solver of the sampler")
     guidance: float = _f(0.0, "classifier-free guidance weight w (0: the conditional model)", min=0.0)
     ema_decay: float = _f(0.999, "EMA decay of the weights used for sampling", min=0.0, max=0.999999)
+    matmul: Literal["auto", "float32", "bfloat16"] = _f(
+        "auto", "CPU Euler sampler's matrix products: bfloat16 operands and products (float32 state, biases and "
+        "recurrence; about 1.5× faster where the CPU has native bf16 dot products), float32, or auto: bfloat16 "
+        "exactly where native")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -399,10 +403,22 @@ def _sample_reference(model: CDMT, x: torch.Tensor, y: torch.Tensor | None, u_gr
     return d, model.classes(logits)
 
 
+def matmul_dtype(matmul: str) -> torch.dtype:
+    """The dtype of the CPU Euler sampler's matrix products for the setting ``matmul`` (CDMTConfig.matmul):
+    "auto" is bfloat16 where the CPU multiplies it natively. GPU and Heun sampling always run float32."""
+    from fedehr.models.fastlinear import native_bf16
+
+    if matmul not in ("auto", "float32", "bfloat16"):
+        raise InputError("invalid sampling settings", field="matmul", value=matmul,
+                         expected="auto | float32 | bfloat16")
+    native = matmul == "auto" and native_bf16()
+    return torch.bfloat16 if matmul == "bfloat16" or native else torch.float32
+
+
 @torch.inference_mode()
 def sample(model: CDMT, n: int, *, generator: torch.Generator, steps: int | None = None,
            guidance: float | None = None, labels: torch.Tensor | None = None, solver: str | None = None,
-           batch_size: int | None = None) -> dict[str, torch.Tensor]:
+           batch_size: int | None = None, matmul: str | None = None) -> dict[str, torch.Tensor]:
     """n stays: {"num": (n, T, F_n) float, "cat": (n, T, F_c) long}.
 
     Uniform grid u_k = 1 − k/N, σ_k = F^{-1}(u_k) per element, x ~ σ_max·N(0, I), Euler (default) or Heun steps
@@ -410,7 +426,8 @@ def sample(model: CDMT, n: int, *, generator: torch.Generator, steps: int | None
     whose D_num and most probable classes are the output (NFE = N + 1 Euler, 2N + 1 Heun). ``labels`` (n,)
     condition the model (None: the null token); ``guidance`` w, ``steps`` and ``solver`` default to the config.
     ``batch_size`` defaults to 256 stays on CPU and 4096 on GPU. Euler on CPU runs the re-laid-out
-    ``cdmt_sampler._FastEuler`` (same evaluations, to float32 rounding); Heun and GPU run ``_sample_reference``.
+    ``cdmt_sampler._FastEuler`` (same evaluations, to float32 rounding, or with bfloat16 matrix products:
+    ``matmul``, see :func:`matmul_dtype`); Heun and GPU run ``_sample_reference``.
     On CPU with ``torch.get_num_threads()`` = k > 1, batches run on k threads of one intra-op thread each
     (fedehr.threads.run_batches); the samples do not depend on k.
     """
@@ -434,7 +451,8 @@ def sample(model: CDMT, n: int, *, generator: torch.Generator, steps: int | None
     was_training = model.training
     model.eval()
     u_grid, sigmas = _schedule(model, steps, dev)
-    fast = _FastEuler(model, steps, w, u_grid, sigmas) if solver == "euler" and dev.type == "cpu" else None
+    gemm = matmul_dtype(cfg.matmul if matmul is None else matmul)
+    fast = _FastEuler(model, steps, w, u_grid, sigmas, gemm) if solver == "euler" and dev.type == "cpu" else None
     null = torch.full((n,), model.null_label, dtype=torch.long, device=dev)
     local = threading.local()  # one fast-path workspace per thread
 

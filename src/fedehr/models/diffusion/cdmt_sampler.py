@@ -28,7 +28,7 @@ class _BiGRU:
     rescaling. Returns v (H, S, B) = (GRU output + 1)/2; LayerNorm(v) with ε/4 equals LayerNorm(output) with ε.
     """
 
-    def __init__(self, gru: nn.GRU) -> None:
+    def __init__(self, gru: nn.GRU, gemm: torch.dtype = torch.float32) -> None:
         h = gru.hidden_size
         w_ih, b_ih, w_hh, b_n = [], [], [], []
         for sfx in ("_l0", "_l0_reverse"):  # loop over the two directions; gate rows r | z | n
@@ -44,14 +44,22 @@ class _BiGRU:
             b_n.append(bh[2 * h:, None])
         self.h = h
         self.w_ih, self.b_ih = torch.cat(w_ih), torch.cat(b_ih)  # (6h, H), (6h, 1)
+        if gemm != torch.float32:  # the bias joins the low-precision product as a column against a row of ones
+            self.w_ih = torch.cat([self.w_ih, self.b_ih], dim=1).to(gemm)  # (6h, H + 1)
         self.w_hh, self.b_n = torch.stack(w_hh), torch.stack(b_n)[:, :, None]  # (2, 3h, h), (2, h, 1, 1)
 
     def __call__(self, x: torch.Tensor, ws: dict[str, Any]) -> torch.Tensor:
         h = self.h
         g, g_n = ws["g"], ws["g_n"]  # (2, 3h, S, B), (2, h, S, B)
-        torch.addmm(self.b_ih, self.w_ih, x.flatten(1), out=g.view(6 * h, -1))
-        g_n.copy_(g[:, 2 * h:])
-        g[:, 2 * h:] = self.b_n  # the n gate's recurrent bias is multiplied by r, so it stays in the step
+        if self.w_ih.dtype == torch.float32:
+            torch.addmm(self.b_ih, self.w_ih, x.flatten(1), out=g.view(6 * h, -1))
+            g_n.copy_(g[:, 2 * h:])
+            g[:, 2 * h:] = self.b_n  # the n gate's recurrent bias is multiplied by r, so it stays in the step
+        else:  # low-precision product (see _FastEuler); g's n rows hold b_n from the workspace on
+            ws["x16"][:-1].copy_(x.flatten(1))
+            prod = torch.mm(self.w_ih, ws["x16"], out=ws["g16"]).view(2, 3 * h, -1)
+            g.view(2, 3 * h, -1)[:, :2 * h].copy_(prod[:, :2 * h])
+            g_n.view(2, h, -1).copy_(prod[:, 2 * h:])
         pre, a = ws["pre"], ws["a"]  # (2, 3h, B), (2, h, B)
         rz, r, z, n = pre[:, :2 * h], pre[:, :h], pre[:, h:2 * h], pre[:, 2 * h:]
         v = ws["v0"]
@@ -65,6 +73,7 @@ class _BiGRU:
     def workspace(self, s: int, b: int, like: torch.Tensor) -> dict[str, Any]:
         h = self.h
         g, g_n, out = (like.new_empty(2, k, s, b) for k in (3 * h, h, h))
+        g[:, 2 * h:] = self.b_n
 
         def steps(t: torch.Tensor) -> list[torch.Tensor]:
             """(2, k, S, B) → per step k the (2, k, B) view of hour k (forward) and hour S − 1 − k (backward)."""
@@ -73,7 +82,9 @@ class _BiGRU:
                     for i in range(s)]
 
         return {"g": g, "g_n": g_n, "out": out, "g_steps": steps(g), "gn_steps": steps(g_n), "out_steps": steps(out),
-                "pre": like.new_empty(2, 3 * h, b), "a": like.new_empty(2, h, b), "v0": like.new_full((2, h, b), 0.5)}
+                "pre": like.new_empty(2, 3 * h, b), "a": like.new_empty(2, h, b), "v0": like.new_full((2, h, b), 0.5),
+                "x16": like.new_ones(self.w_ih.shape[1], s * b, dtype=self.w_ih.dtype),  # last row: ones
+                "g16": like.new_empty(6 * h, s * b, dtype=self.w_ih.dtype)}
 
 
 class _FastEuler:
@@ -91,7 +102,8 @@ class _FastEuler:
     * Buffers are reused across steps: fresh multi-MB tensors per operation cost page faults on CPU.
     """
 
-    def __init__(self, model: CDMT, steps: int, w: float, u_grid: torch.Tensor, sigmas: torch.Tensor) -> None:
+    def __init__(self, model: CDMT, steps: int, w: float, u_grid: torch.Tensor, sigmas: torch.Tensor,
+                 gemm: torch.dtype = torch.float32) -> None:
         cfg, dims = model.cfg, model.dims
         self.model, self.w, self.steps = model, w, steps
         p, de = cfg.patch, cfg.embed_dim
@@ -104,13 +116,14 @@ class _FastEuler:
             list(range(n + nb * de, model.width))
         self.perm = torch.tensor([j * model.width + c for j in range(p) for c in cols])  # (Q,)
         self._constants(model, sigmas)
-        self.w_in = model.in_proj.weight[:, self.perm].contiguous()  # (H, Q)
+        self.gemm = gemm
+        self.w_in = model.in_proj.weight[:, self.perm].contiguous().to(gemm)  # (H, Q)
         self.b_in = (model.in_proj.bias + model.hour).t()[:, :, None].contiguous()  # (H, S, 1)
         c_noise = 0.25 * u_grid.clamp_min(_U_MIN).log() * 1000
         cond = F_.silu(model.noise_mlp(edm.sinusoidal_embedding(c_noise, cfg.noise_dim))[:, None, :]
                        + model.class_emb.weight[None])  # (N + 1, classes + 1, cond)
         self.film = [f(cond) + torch.cat([torch.ones(cfg.hidden), torch.zeros(cfg.hidden)]) for f in model.films]
-        self.rnn = [_BiGRU(g) if isinstance(g, nn.GRU) else g for g in model.grus]
+        self.rnn = [_BiGRU(g, gemm) if isinstance(g, nn.GRU) else g for g in model.grus]
         self.eps = [nrm.eps for nrm in model.norms]
         # Heads, one row block per hour of the patch: numeric | binary logit | multi-class logits (F_m, K).
         rows = [r for j in range(p) for r in ([(model.head_num, j * n + f) for f in range(n)]
@@ -118,6 +131,8 @@ class _FastEuler:
                                               + [(model.head_multi, j * nm * k + i) for i in range(nm * k)])]
         self.w_head = torch.stack([lin.weight[i] for lin, i in rows])  # (p·R, H)
         self.b_head = torch.stack([lin.bias[i] for lin, i in rows])[:, None]  # (p·R, 1)
+        if gemm != torch.float32:  # bias as a column against a row of ones (see _BiGRU)
+            self.w_head = torch.cat([self.w_head, self.b_head], dim=1).to(gemm)  # (p·R, H + 1)
         self.multi_valid = model.multi_valid[:, :, None, None]  # (F_m, K, 1, 1)
         self.e_multi = model.embeddings()[1][:, :, :, None, None]  # (F_m, K, d_e, 1, 1)
 
@@ -144,13 +159,19 @@ class _FastEuler:
         self.final = (c_skip[-1, :, :n] / c_in[-1, :, :n], c_out[-1, :, :n])
 
     def _workspace(self, b: int, b2: int) -> dict[str, Any]:
-        s, h, like = self.s, self.hidden, self.w_in
+        s, h, like = self.s, self.hidden, self.b_in
         ws: dict[str, Any] = {"b": b, "b2": b2, "z": like.new_empty(self.p * self.width, s, b),
                               "z_next": like.new_empty(self.p * self.width, s, b), "h": like.new_empty(h, s, b2),
                               "r": like.new_empty(h, s, b2), "r2": like.new_empty(h, s, b2),
                               "mean": like.new_empty(1, s, b2), "avg": like.new_full((1, h), 1.0 / h),
                               "out": like.new_empty(len(self.w_head), s, b),
-                              "p_bin": like.new_empty(self.p, 1, self.nb, s, b)}
+                              "p_bin": like.new_empty(self.p, 1, self.nb, s, b),
+                              "e_multi": like.new_empty(self.p, self.nm, self.k, s, b),
+                              "e_sum": like.new_empty(self.p, self.nm, 1, s, b),
+                              "e_hat": like.new_empty(self.p, self.nm, self.de, s, b)}
+        if self.gemm != torch.float32:  # GEMM operands and products in the low precision
+            ws.update({key: like.new_ones(rows, s * b, dtype=self.gemm) for key, rows in
+                       (("z16", self.p * self.width), ("h16", h + 1), ("hin16", h), ("out16", len(self.w_head)))})
         ws["rnn"] = [g.workspace(s, b2, like) if isinstance(g, _BiGRU) else None for g in self.rnn]
         return ws
 
@@ -158,7 +179,12 @@ class _FastEuler:
         """One (guided) evaluation at step k on ws["z"]: the heads' outputs (p·R, S, B)."""
         b, b2, h = ws["b"], ws["b2"], ws["h"]
         hid = self.hidden
-        if b2 == b:
+        if self.gemm != torch.float32:
+            x = torch.mm(self.w_in, ws["z16"].copy_(ws["z"].flatten(1)), out=ws["hin16"]).view(hid, self.s, b)
+            h[..., :b].copy_(x).add_(self.b_in)  # cast, then add: a mixed-dtype add allocates a float32 temporary
+            if b2 != b:
+                h[..., b:].copy_(h[..., :b])
+        elif b2 == b:
             torch.mm(self.w_in, ws["z"].flatten(1), out=h.view(hid, -1)).view_as(h).add_(self.b_in)
         else:  # guidance: the y and ∅ halves share the input projection
             x = (self.w_in @ ws["z"].flatten(1)).view(hid, self.s, b)
@@ -178,6 +204,9 @@ class _FastEuler:
             h.add_(F_.silu(r, inplace=True))
         if b2 != b:
             h = torch.lerp(h[..., :b], h[..., b:], -self.w)  # (1 + w)h_y − w h_∅
+        if self.gemm != torch.float32:
+            ws["h16"][:-1].copy_(h.flatten(1))  # the last row stays ones
+            return ws["out"].copy_(torch.mm(self.w_head, ws["h16"], out=ws["out16"]).view_as(ws["out"]))
         return torch.addmm(self.b_head, self.w_head, h.flatten(1), out=ws["out"].flatten(1)).view_as(ws["out"])
 
     def euler_step(self, ws: dict[str, Any], k: int) -> None:
@@ -191,12 +220,15 @@ class _FastEuler:
             shape = (self.p, de, nb, self.s, ws["b"])
             zb = torch.mul(p_bin, self.c1[k], out=z_next[:, n:n + nb * de].view(shape))  # (faster than addcmul
             zb.add_(self.c0[k]).addcmul_(z[:, n:n + nb * de].view(shape), self.rho_bin[k])  # with these broadcasts)
-        if nm:
-            e = out[:, n + nb:].view(self.p, nm, k_max, self.s, ws["b"]).clamp(-60.0, 60.0).exp_()
-            prob = e.mul_(self.multi_valid).div_(e.sum(dim=2, keepdim=True))  # (p, F_m, K, S, B)
-            e_hat = sum(prob[:, :, i, None] * self.e_multi[:, i] for i in range(k_max))  # (p, F_m, d_e, S, B)
+        if nm:  # into workspace buffers: fresh tensors here cost more than the arithmetic
+            logits = out[:, n + nb:].view(self.p, nm, k_max, self.s, ws["b"])
+            e = torch.clamp(logits, -60.0, 60.0, out=ws["e_multi"]).exp_().mul_(self.multi_valid)
+            prob = e.div_(torch.sum(e, dim=2, keepdim=True, out=ws["e_sum"]))  # (p, F_m, K, S, B)
+            e_hat = torch.mul(prob[:, :, 0, None], self.e_multi[:, 0], out=ws["e_hat"])  # (p, F_m, d_e, S, B)
+            for i in range(1, k_max):  # classes
+                e_hat.addcmul_(prob[:, :, i, None], self.e_multi[:, i])
             shape = (self.p, nm, de, self.s, ws["b"])
-            torch.addcmul(e_hat * self.m[k], z[:, n + nb * de:].view(shape), self.rho_multi[k],
+            torch.addcmul(e_hat.mul_(self.m[k]), z[:, n + nb * de:].view(shape), self.rho_multi[k],
                           out=z_next[:, n + nb * de:].view(shape))
         ws["z"], ws["z_next"] = ws["z_next"], ws["z"]
 
