@@ -26,7 +26,8 @@ Classifier-free guidance: label dropout 0.1; D̃ = (1 + w)D(x, y) − wD(x, ∅)
 Sampling (``sample``) has two implementations of the same evaluations: ``_sample_reference`` here, on ``forward``
 (Heun, GPU), and for sampling speed the CPU Euler path in cdmt_sampler.py (``_FastEuler``: feature-major state,
 folded Euler constants, rewritten BiGRU, guidance in one pass; worker threads: fedehr.threads.run_batches),
-tested equal.
+tested equal in float32. Where the CPU multiplies bfloat16 natively it runs its matrix products in bfloat16 by
+default (``CDMTConfig.matmul``; tested close to float32, docs/diffusion.md).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ use, loss and the reference sampler on ``CDMT.forward`` are in cdmt.py).
   Euler step folded into per-element constants, FiLM tabulated per (step, class) and classifier-free guidance in
   one pass (the y and ∅ halves mixed in the last hidden state); tested equal to ``cdmt._sample_reference``.
 * ``_BiGRU``: nn.GRU(bidirectional) rewritten for inference (both directions batched, tanh via σ).
+* Optionally with bfloat16 matrix products (``matmul`` of cdmt.sample; float32 state).
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class _FastEuler:
     * Guidance: the y and ∅ passes share the input projection and are mixed in the last hidden state (the heads
       are linear: (1 + w)·head(h_y) − w·head(h_∅) = head((1 + w)h_y − w h_∅)).
     * Buffers are reused across steps: fresh multi-MB tensors per operation cost page faults on CPU.
+    * ``gemm`` = bfloat16 (cdmt.matmul_dtype): the input projection, the BiGRU's input gates and the heads
+      multiply bfloat16 operands into bfloat16 products, the latter two with their bias as one more weight
+      column against a row of ones; the state, the recurrence, LayerNorm and FiLM stay float32.
     """
 
     def __init__(self, model: CDMT, steps: int, w: float, u_grid: torch.Tensor, sigmas: torch.Tensor,
@@ -169,7 +173,7 @@ class _FastEuler:
                               "e_multi": like.new_empty(self.p, self.nm, self.k, s, b),
                               "e_sum": like.new_empty(self.p, self.nm, 1, s, b),
                               "e_hat": like.new_empty(self.p, self.nm, self.de, s, b)}
-        if self.gemm != torch.float32:  # GEMM operands and products in the low precision
+        if self.gemm != torch.float32:  # GEMM operands and products (h16's last row stays ones: the bias row)
             ws.update({key: like.new_ones(rows, s * b, dtype=self.gemm) for key, rows in
                        (("z16", self.p * self.width), ("h16", h + 1), ("hin16", h), ("out16", len(self.w_head)))})
         ws["rnn"] = [g.workspace(s, b2, like) if isinstance(g, _BiGRU) else None for g in self.rnn]
