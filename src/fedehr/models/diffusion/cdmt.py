@@ -82,9 +82,9 @@ class CDMTConfig(_Section):
     guidance: float = _f(0.0, "classifier-free guidance weight w (0: the conditional model)", min=0.0)
     ema_decay: float = _f(0.999, "EMA decay of the weights used for sampling", min=0.0, max=0.999999)
     matmul: Literal["auto", "float32", "bfloat16"] = _f(
-        "auto", "CPU Euler sampler's matrix products: bfloat16 operands and products (float32 state, biases and "
-        "recurrence; about 1.5× faster where the CPU has native bf16 dot products), float32, or auto: bfloat16 "
-        "exactly where native")
+        "auto", "CPU Euler sampler's matrix products: bfloat16 operands and products (the state and the "
+        "recurrence stay float32; about 1.4× faster where the CPU has native bf16 dot products), float32, or "
+        "auto: bfloat16 exactly where native")
 
     def __post_init__(self) -> None:
         super().__post_init__()
