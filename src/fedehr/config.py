@@ -137,6 +137,10 @@ class TCVAEConfig(_Section):
     prior: Literal["conditional", "standard"] = _f(
         "conditional", "prior of u: 'conditional' learns p(u | y) = N(μ_p(y), σ_p(y)²) so that sampling with a "
         "label lands where that label's stays were encoded; 'standard' is N(0, I)")
+    site_condition: bool = _f(
+        True, "append a one-hot of the training site to the label code y (runs with 2+ sites): each site's "
+        "stays are encoded and decoded as its own, and sampling gives a stay the site of the prior component "
+        "its u came from (docs/methods.md §5)")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedehr.aggregation.fedavg import normalise_weights, weighted_average
+from fedehr.aggregation.fedavg import keep_own_columns, normalise_weights, weighted_average
 from fedehr.errors import FedEHRError
 
 
@@ -26,3 +26,17 @@ def test_bad_inputs_raise():
         normalise_weights([0, 0])
     with pytest.raises(FedEHRError, match="2 states but 1 weights"):
         weighted_average([a, a], [1])
+
+
+def test_site_owned_columns_are_copied_not_averaged():
+    """Column 1 + k of "w" belongs to site k; the other columns and the other arrays stay averaged."""
+    sites = {"a": {"w": np.array([[1.0, 2.0, 3.0]]), "b": np.array([1.0])},
+             "b": {"w": np.array([[5.0, 6.0, 7.0]]), "b": np.array([3.0])}}
+    avg = weighted_average(list(sites.values()), [1, 1])
+    out = keep_own_columns(avg, sites, "w", {"a": 1, "b": 2})
+    np.testing.assert_array_equal(out["w"], [[3.0, 2.0, 7.0]])
+    np.testing.assert_array_equal(out["b"], [2.0])
+    np.testing.assert_array_equal(avg["w"], [[3.0, 4.0, 5.0]])  # the input is not modified
+    # Only the replying sites' columns are replaced; the others keep the averaged value.
+    out = keep_own_columns(avg, {"b": sites["b"]}, "w", {"b": 2})
+    np.testing.assert_array_equal(out["w"], [[3.0, 4.0, 7.0]])

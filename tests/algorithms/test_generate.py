@@ -165,8 +165,9 @@ def _assert_matches_reference(gen, n=60, seed=4):
             g = torch.Generator().manual_seed(block_seed(seed, i))  # each block has its own stream
             y = torch.as_tensor(labels[a:a + 32])
             y = torch.cat([y, torch.ones_like(y)], 1)
+            u, y = gen._prior_u(y, g)  # u from the sampling prior; y gains the site one-hot
             out, sd = tcvae_sample(gen.tcvae, lay, y, generator=g, mask_mode="threshold", binary_mode="threshold",
-                                   numeric_mode="mean", u=gen._prior_u(y, g))
+                                   numeric_mode="mean", u=u)
             if gen.ae is not None:
                 h, _ = latent_gaussian(out, gen.cfg.tcvae.min_sigma)
                 out = gen.ae.decode(h * torch.tensor(gen.sampling["latent_std"], dtype=torch.float32)
@@ -202,6 +203,33 @@ def test_fast_path_matches_the_reference_path(run_dir):
     gen = load_generator(out)
     assert gen.sampling.get("mask_bias") is not None  # the offsets are part of what is compared
     _assert_matches_reference(gen)
+
+
+def test_each_stay_takes_the_site_of_its_prior_component(run_dir):
+    """With two sites the label code carries a site one-hot, and a stay's site is its u's mixture component's."""
+    from fedehr.algorithms.latent_prior import draw, label_pattern
+
+    out, _ = run_dir
+    gen = load_generator(out)
+    mix = gen.sampling["prior_mixture"]
+    assert gen.sites == ["site0", "site1"] and gen.site_columns == 2 and set(mix["site"]) == set(gen.sites)
+    y = torch.as_tensor(gen._labels(500, np.random.default_rng(0), {}, None))
+    y = torch.cat([y, torch.ones_like(y)], 1)
+    u, y_site = gen._prior_u(y, torch.Generator().manual_seed(3))
+    u_ref, comp = draw(mix, label_pattern(y, 1), generator=torch.Generator().manual_seed(3))  # the same draws
+    assert bool((comp >= 0).all()) and torch.equal(u, u_ref) and torch.equal(y_site[:, :2], y)
+    want = torch.tensor([gen.sites.index(mix["site"][c]) for c in comp.tolist()])
+    assert torch.equal(y_site[:, 2:].argmax(1), want) and torch.equal(y_site[:, 2:].sum(1), torch.ones(500))
+    assert 0 < int(want.sum()) < 500  # both sites occur
+
+
+def test_weights_that_do_not_match_the_sites_are_refused(run_dir):
+    from fedehr.algorithms.generate import build_generator
+    from fedehr.training.checkpoint import load_bundle
+
+    b = load_bundle(run_dir[0])
+    with pytest.raises(InputError, match=r"label code width 4.*do not match the run.s sites \(expected 2 \(1 site"):
+        build_generator(b.cfg, b.schema, b.normaliser, b.models, {**b.sampling, "sites": ["site0"]})
 
 
 def test_counts_follow_the_federated_distribution(run_dir):

@@ -61,7 +61,9 @@ def test_every_method_runs_end_to_end(method, cohorts):
         assert m["aggregation"]["stage2"] == "divergence-softmax"
     else:
         assert all(e["rule"] == "fedavg" for e in tc)
-    syn = wf.generator().sample(20, seed=0)
+    gen = wf.generator()
+    assert gen.site_columns == (0 if method in ("centralized", "local") else 3)  # one site: no site one-hot
+    syn = gen.sample(20, seed=0)
     assert syn.values.shape == (20, 6, 5) and set(syn.sites) == {"synthetic"}
     json.dumps(m)  # metrics are JSON-able
 
@@ -184,6 +186,21 @@ def test_sites_must_share_one_schema(cohorts):
     sites["site2"].train = make_tiny_cohort(other, n=20, seed=3, n_sites=1)
     with pytest.raises(FedEHRError, match=r"do not share one schema.*site2.*MechVent"):
         inprocess.run(make_workflow(cfg), sites)
+
+
+def test_site_condition_can_be_switched_off_and_a_stranger_is_refused(cohorts):
+    wf, errors = _run("fedavg", cohorts, ["tcvae.site_condition=false"])
+    assert not errors and wf.generator().site_columns == 0
+    cfg = load_config(None, [*TINY, "method=fedavg"])
+    sites = inprocess.sites_for(cfg, *cohorts)
+    wf = make_workflow(cfg)
+    task = wf.next_task()
+    while task.action != "tcvae-train":
+        wf.receive(task, [handle(task, ctx) for ctx in sites.values()], [])
+        task = wf.next_task()
+    stranger = Task(task.action, {**task.config, "sites": ["site0", "site1", "siteX"]}, task.arrays)
+    with pytest.raises(FedEHRError, match="'site2' is not one of the run's sites"):
+        handle(stranger, sites["site2"])
 
 
 def test_site_helpers_by_hand():

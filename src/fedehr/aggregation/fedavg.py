@@ -32,3 +32,30 @@ def weighted_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequen
         acc = sum(a * np.asarray(s[name], dtype=np.float64) for a, s in zip(alpha, states, strict=True))
         out[name] = np.asarray(acc).astype(states[0][name].dtype)
     return out
+
+
+def keep_own_columns(average: Mapping[str, np.ndarray], states: Mapping[str, Mapping[str, np.ndarray]],
+                     key: str, columns: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """``average`` with column ``columns[s]`` of matrix ``key`` taken from site s's own state, for every site s
+    in ``states``: weights that only site s trains (the input weights of its site one-hot) are owned by it,
+    not averaged. Averaging would shrink each site's update by its weight α_s every round, and the shared
+    bias, which every site moves towards its own offset, would keep what the site column should carry."""
+    out = dict(average)
+    w = np.array(out[key], copy=True)                                # (out, in)
+    for site, state in states.items():
+        j = columns[site]
+        w[:, j] = np.asarray(state[key])[:, j]
+    out[key] = w
+    return out
+
+
+def keep_own_arrays(average: Mapping[str, np.ndarray], states: Mapping[str, Mapping[str, np.ndarray]],
+                    prefixes: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """``average`` with every array whose name starts with ``prefixes[s]`` taken from site s's own state, for
+    every site s in ``states`` (a module that only site s trains, such as its own static decoder)."""
+    out = dict(average)
+    for site, state in states.items():
+        for name, value in state.items():
+            if name.startswith(prefixes[site]):
+                out[name] = np.array(value, copy=True)
+    return out

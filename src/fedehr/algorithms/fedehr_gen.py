@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedehr.aggregation.fedavg import weighted_average
+from fedehr.aggregation.fedavg import keep_own_arrays, keep_own_columns, weighted_average
 from fedehr.aggregation.matching import match_network_layer
 from fedehr.aggregation.weighting import site_weights
 from fedehr.algorithms.planned import PlannedWorkflow
@@ -43,7 +43,7 @@ from fedehr.errors import FedEHRError
 from fedehr.models import init_parameters
 from fedehr.models.autoencoder import build_autoencoder
 from fedehr.models.encoding import Layout
-from fedehr.models.tcvae import build_for
+from fedehr.models.tcvae import build_for, site_columns, site_owned_prefix
 from fedehr.training.checkpoint import save_bundle, state_to_numpy
 
 Arrays = dict[str, np.ndarray]
@@ -252,7 +252,7 @@ class GenWorkflow(PlannedWorkflow):
         lay = self._layout()
         if self.tcvae is None:
             g = torch.Generator().manual_seed(self.cfg.seed * 7919 + 2)
-            self.tcvae = state_to_numpy(init_parameters(build_for(self.cfg, lay), g))
+            self.tcvae = state_to_numpy(init_parameters(build_for(self.cfg, lay, len(self.sites)), g))
         arrays = prefixed(self.tcvae, "tcvae/")
         if self.cfg.two_stage:
             arrays.update(self._encoder_arrays())
@@ -261,7 +261,8 @@ class GenWorkflow(PlannedWorkflow):
         if self.single and r > 0:
             arrays.update(self.opt)
         e = self.cfg.stage2.local_epochs
-        config = {"epochs": e, "epoch_offset": r * e, "total_epochs": self.cfg.stage2.rounds * e}
+        config = {"epochs": e, "epoch_offset": r * e, "total_epochs": self.cfg.stage2.rounds * e,
+                  "sites": list(self.sites)}
         return self._task("tcvae-train", kind, config, arrays)
 
     def _make_prior_stats(self, kind: tuple[Any, ...]) -> Task:
@@ -271,7 +272,7 @@ class GenWorkflow(PlannedWorkflow):
             arrays.update(self._encoder_arrays())
             arrays["latent_mean"] = np.asarray(self.sampling["latent_mean"], dtype=np.float32)
             arrays["latent_std"] = np.asarray(self.sampling["latent_std"], dtype=np.float32)
-        return self._task("prior-stats", kind, arrays=arrays)
+        return self._task("prior-stats", kind, {"sites": list(self.sites)}, arrays)
 
     def _make_evaluate(self, kind: tuple[Any, ...]) -> Task:
         if self._pending is None or self._pending.step != self.step:
@@ -360,7 +361,15 @@ class GenWorkflow(PlannedWorkflow):
         w = site_weights(self.rule, n, m, v, divergence=self.cfg.weighting.divergence,
                          temperature=self.cfg.weighting.temperature,
                          min_temperature=self.cfg.weighting.min_temperature, tau_rule=self.cfg.weighting.tau_rule)
-        self.tcvae = weighted_average([strip_prefix(r.arrays, "tcvae/") for r in got], w.alpha)
+        states = {r.site: strip_prefix(r.arrays, "tcvae/") for r in got}
+        self.tcvae = weighted_average([states[s] for s in sites], w.alpha)
+        k = site_columns(self.cfg.tcvae, len(self.sites))
+        if k:  # a site's one-hot input weights and its static decoder belong to it: kept, not averaged
+            first = self._layout().y_dim
+            self.tcvae = keep_own_columns(self.tcvae, states, "emb_y.weight",
+                                          {s: first + self.sites.index(s) for s in sites})
+            self.tcvae = keep_own_arrays(self.tcvae, states, {s: site_owned_prefix(self.sites.index(s))
+                                                              for s in sites})
         entry.update({"weights": dict(zip(sites, w.alpha.tolist(), strict=True)),
                       "divergence": dict(zip(sites, w.divergence.tolist(), strict=True)), "tau": w.tau,
                       "rule": self.rule})

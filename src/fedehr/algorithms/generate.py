@@ -4,7 +4,8 @@ One draw (vectorised over a batch of stays):
   1. labels y ~ the federated label distribution (joint label patterns counted at the sites), or fixed by
      ``condition`` / redrawn with a requested ``prevalence`` (other labels then follow the conditional);
   2. u from the mixture of the sites' aggregate posterior moments for the stay's label pattern (sampling.prior
-     'site-moments', fedehr.algorithms.latent_prior) or the TCVAE's prior p(u | y) ('learned'); static
+     'site-moments', fedehr.algorithms.latent_prior) or the TCVAE's prior p(u | y) ('learned'); with
+     tcvae.site_condition, y also carries the site of u's mixture component (one-hot); static
      ŝ ~ p(s | u, y) (``condition`` may fix static features, see ``_static_hook``);
   3. the TCVAE decoder gives the latent sequence h_t = ĥ_t + latent_noise · σ̂_t ε (un-standardised with the
      federated latent moments); the frozen global AE decoder maps it to head outputs (fedavg-direct: the TCVAE
@@ -45,7 +46,7 @@ from fedehr.models.autoencoder import Autoencoder, build_autoencoder
 from fedehr.models.encoding import Layout, TemporalSampler, ar1_noise, to_arrays
 from fedehr.models.fastlinear import Affine, linear
 from fedehr.models.gru_decoder import GRUDecoder
-from fedehr.models.tcvae import TCVAE, build_for, latent_gaussian
+from fedehr.models.tcvae import TCVAE, build_for, latent_gaussian, site_columns, with_site
 from fedehr.models.tcvae import sample as tcvae_sample
 from fedehr.threads import block_seed, run_batches
 from fedehr.training.checkpoint import load_bundle, load_numpy_state
@@ -281,9 +282,9 @@ class SyntheticGenerator:
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TCVAE outputs (B, T, ·) for label codes y (B, 2L) (u from the sampling prior), and the static draws."""
         sc = self.cfg.sampling
+        u, y = self._prior_u(y, gen)
         return tcvae_sample(self.tcvae, self.layout, y, generator=gen, mask_mode=sc.mask, binary_mode=sc.binary,
-                            numeric_mode=sc.numeric, static_hook=hook, u=self._prior_u(y, gen),
-                            decode=plan.sequence)
+                            numeric_mode=sc.numeric, static_hook=hook, u=u, decode=plan.sequence)
 
     def _decode(self, out: torch.Tensor, gen: torch.Generator, plan: _Plan) -> list[torch.Tensor]:
         """TCVAE outputs → the four sampling heads (TemporalSampler; calibrated mask offsets and inverse
@@ -304,20 +305,46 @@ class SyntheticGenerator:
         hi = np.array([s.valid_max for s in self.schema.static], dtype=np.float32)
         return np.clip(static, lo, hi, out=static)
 
-    def _prior_u(self, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+    @property
+    def sites(self) -> list[str]:
+        """The run's training sites, in the order of the TCVAE's site one-hot."""
+        return list(self.sampling.get("sites", []))
+
+    @property
+    def site_columns(self) -> int:
+        return self.tcvae.emb_y.in_features - self.layout.y_dim
+
+    def _site_weights(self, device: torch.device) -> torch.Tensor:
+        """(K,) training stays per site: where a stay's site does not come from its prior component."""
+        n = self.sampling.get("n_train", {})
+        return torch.as_tensor([float(n.get(s, 1)) for s in self.sites], device=device)
+
+    def _prior_u(self, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor]:
         """u (B, U) from the site-moment mixture (fedehr.algorithms.latent_prior), the TCVAE's learned prior
-        p(u | y) for label patterns without components; None when sampling.prior is 'learned'."""
+        p(u | y) for label patterns without components (None when sampling.prior is 'learned': the TCVAE
+        draws it), and the conditioning code: y (B, 2L) with the site one-hot appended when the TCVAE has one.
+        A stay's site is that of its u's mixture component, else drawn in proportion to the sites' sizes."""
+        k = self.site_columns
         mix = self.sampling.get("prior_mixture")
         if self.cfg.sampling.prior != "site-moments" or mix is None:
-            return None
+            if k == 0:
+                return None, y
+            site = torch.multinomial(self._site_weights(y.device), y.shape[0], replacement=True, generator=gen)
+            return None, with_site(y, site, k)
         from fedehr.algorithms.latent_prior import draw, label_pattern
 
-        u, ok = draw(mix, label_pattern(y, len(self.schema.labels)), generator=gen)
+        u, comp = draw(mix, label_pattern(y, len(self.schema.labels)), generator=gen)
+        ok = comp >= 0
+        if k:
+            names = self.sites
+            comp_site = torch.as_tensor([names.index(s) for s in mix["site"]] or [0], device=y.device)  # (C,)
+            other = torch.multinomial(self._site_weights(y.device), y.shape[0], replacement=True, generator=gen)
+            y = with_site(y, torch.where(ok, comp_site[comp.clamp_min(0)], other), k)
         if not bool(ok.all()):
             mu_p, logvar_p = self.tcvae.prior_params(y)
             u_learned = mu_p + torch.exp(0.5 * logvar_p) * torch.randn(mu_p.shape, generator=gen, device=y.device)
             u = torch.where(ok[:, None], u, u_learned) if u.shape[1] else u_learned
-        return u
+        return u, y
 
 
 @torch.no_grad()
@@ -361,7 +388,14 @@ def build_generator(cfg: ExperimentConfig, schema: Schema, normaliser: Normalise
         ae = load_numpy_state(build_autoencoder(cfg.ae, lay), models["ae"]).eval()
     if "tcvae" not in models:
         raise InputError("run bundle lacks the TCVAE weights", field="model/tcvae.safetensors")
-    tc = load_numpy_state(build_for(cfg, lay), models["tcvae"]).eval()
+    n_sites = len(sampling.get("sites", []))
+    got = models["tcvae"].get("emb_y.weight")
+    want = lay.y_dim + site_columns(cfg.tcvae, n_sites)
+    if got is not None and got.shape[1] != want:
+        raise InputError("the TCVAE weights do not match the run's sites", field="model/tcvae.safetensors",
+                         value=f"label code width {got.shape[1]}",
+                         expected=f"{want} ({n_sites} site(s), tcvae.site_condition={cfg.tcvae.site_condition})")
+    tc = load_numpy_state(build_for(cfg, lay, n_sites), models["tcvae"]).eval()
     return SyntheticGenerator(cfg, schema, normaliser, ae, tc, sampling, run)
 
 

@@ -57,11 +57,12 @@ def label_pattern(y: torch.Tensor, n_labels: int) -> torch.Tensor:
 
 def draw(mixture: dict[str, Any], pattern: torch.Tensor, *, generator: torch.Generator | None
          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """u (B, U) for each stay's pattern (B,), and a (B,) bool of stays whose pattern had components (the
-    others hold zeros and must come from the fallback prior)."""
+    """u (B, U) for each stay's pattern (B,), and the index (B,) int64 of the component each u came from
+    (mixture["site"][k] names its site); −1 marks stays whose pattern had no component (their u holds zeros
+    and must come from the fallback prior)."""
     dev = pattern.device
     if not mixture["weight"]:  # every pattern was withheld: all stays come from the fallback prior
-        return torch.zeros((pattern.shape[0], 0), device=dev), torch.zeros_like(pattern, dtype=torch.bool)
+        return torch.zeros((pattern.shape[0], 0), device=dev), torch.full_like(pattern, -1, dtype=torch.long)
     pats = torch.as_tensor(mixture["pattern"], dtype=torch.long, device=dev)     # (K,)
     mean = torch.as_tensor(mixture["mean"], dtype=torch.float32, device=dev)     # (K, U)
     chol = torch.as_tensor(mixture["chol"], dtype=torch.float32, device=dev)     # (K, U, U)
@@ -79,4 +80,4 @@ def draw(mixture: dict[str, Any], pattern: torch.Tensor, *, generator: torch.Gen
         ok[rows] = True
     eps = torch.randn((b, u_dim, 1), generator=generator, device=dev)
     u = mean[comp] + torch.bmm(chol[comp], eps)[..., 0]                          # (B, U)
-    return torch.where(ok[:, None], u, torch.zeros_like(u)), ok
+    return torch.where(ok[:, None], u, torch.zeros_like(u)), torch.where(ok, comp, -1)

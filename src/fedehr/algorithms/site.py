@@ -124,6 +124,22 @@ def _latent(task: Task, ctx: SiteContext, cfg: ExperimentConfig) -> dict[str, to
     return cache[1]
 
 
+def _with_site(task: Task, ctx: SiteContext, cfg: ExperimentConfig, data: dict[str, torch.Tensor]
+               ) -> dict[str, torch.Tensor]:
+    """The TCVAE's conditioning code: y (N, 2L) with this site's one-hot appended when the run conditions on the
+    site (the task names the run's sites in order; tcvae.site_columns)."""
+    sites = list(task.config.get("sites", []))
+    k = tc_mod.site_columns(cfg.tcvae, len(sites))
+    if k == 0:
+        return data
+    if ctx.site not in sites:
+        raise FedEHRError(f"site {ctx.site!r} is not one of the run's sites ({', '.join(sites)}); it cannot join "
+                          "a site-conditioned TCVAE after the first round")
+    y = data["y"]
+    index = torch.full((y.shape[0],), sites.index(ctx.site), dtype=torch.long, device=y.device)
+    return {**data, "y": tc_mod.with_site(y, index, k)}
+
+
 def _generators(ctx: SiteContext, task: Task) -> tuple[torch.Generator, torch.Generator]:
     """(CPU generator for shuffling and init, device generator for model noise)."""
     cpu = torch.Generator().manual_seed(seed_for(ctx, task, "cpu"))
@@ -243,7 +259,9 @@ def _tcvae_train(task: Task, ctx: SiteContext) -> Reply:
     mode = "latent" if cfg.two_stage else "direct"
     if mode == "latent":
         data = _latent(task, ctx, cfg)
-    model = load_numpy_state(tc_mod.build_for(cfg, layout), dict(task.arrays), "tcvae/")
+    data = _with_site(task, ctx, cfg, data)
+    n_sites = len(task.config.get("sites", []))
+    model = load_numpy_state(tc_mod.build_for(cfg, layout, n_sites), dict(task.arrays), "tcvae/")
     model.to(_device(ctx))
     cpu, dev = _generators(ctx, task)
     offset, total = int(task.config["epoch_offset"]), int(task.config["total_epochs"])
@@ -265,7 +283,10 @@ def _prior_stats(task: Task, ctx: SiteContext) -> Reply:
     layout, data = _encoded(task, ctx)
     if cfg.two_stage:
         data = _latent(task, ctx, cfg)
-    model = load_numpy_state(tc_mod.build_for(cfg, layout), dict(task.arrays), "tcvae/").to(_device(ctx)).eval()
+    data = _with_site(task, ctx, cfg, data)
+    n_sites = len(task.config.get("sites", []))
+    model = load_numpy_state(tc_mod.build_for(cfg, layout, n_sites), dict(task.arrays), "tcvae/")
+    model = model.to(_device(ctx)).eval()
     known, pattern = pattern_codes(ctx.train.labels)                                # (N,) each
     keep = torch.as_tensor(np.flatnonzero(known), device=_device(ctx))
     sub = {k: v.index_select(0, keep) for k, v in data.items()}

@@ -7,6 +7,8 @@ Sequence-level latent u ∈ R^U, conditioned on the outcome code y (N, 2L) and s
     p_θ(h_{1:T} | u, y, s)                       non-autoregressive: GRU over [u; e_y; s; τ_t], h₀ = tanh(W[u; e_y; s])
     p(u | y) = N(μ_p(e_y), diag σ_p(e_y)²)   (prior "conditional"; "standard": N(0, I))
     e_y = W_y y,  τ_t learned per-bin time embedding
+With cfg.site_condition and K >= 2 training sites, y also carries a one-hot of the stay's site (with_site), so
+every term above is conditioned on the site as well, and p_θ(s | u, y) is one MLP per site.
 
 The sequence decoder outputs a mean ĥ_t and a noise scale σ̂_t per step. Negative ELBO per stay with a fixed
 likelihood scale σ_h for the mean (β annealed by the caller through batch["beta"]), plus the noise head's NLL
@@ -37,10 +39,11 @@ Objective = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 class TCVAE(nn.Module):
     def __init__(self, x_dim: int, out_dim: int, s_dim: int, s_out: int, y_dim: int, n_bins: int,
-                 cfg: TCVAEConfig) -> None:
+                 cfg: TCVAEConfig, n_sites: int = 0) -> None:
         super().__init__()
         e, h, u = cfg.cond_dim, cfg.hidden, cfg.latent
         self.latent, self.layers, self.hidden, self.s_dim, self.s_out = u, cfg.layers, h, s_dim, s_out
+        self.n_sites = n_sites  # > 0: the last n_sites columns of y are a site one-hot
         self.emb_y = nn.Linear(y_dim, e)
         self.prior = nn.Linear(e, 2 * u) if cfg.prior == "conditional" else None
         if self.prior is not None:  # starts as N(0, I)
@@ -48,7 +51,11 @@ class TCVAE(nn.Module):
             nn.init.zeros_(self.prior.bias)
         self.enc_rnn = nn.GRU(x_dim + e + s_dim, h, cfg.layers, batch_first=True, bidirectional=True)
         self.enc_out = nn.Linear(2 * h, 2 * u)
-        self.static_dec = nn.Sequential(nn.Linear(u + e, h), nn.ReLU(), nn.Linear(h, max(s_out, 1)))
+        def static_mlp() -> nn.Sequential:
+            return nn.Sequential(nn.Linear(u + e, h), nn.ReLU(), nn.Linear(h, max(s_out, 1)))
+
+        # One static decoder per site when y carries the site, trained by that site alone (site_owned_prefix).
+        self.static_dec = nn.ModuleList([static_mlp() for _ in range(n_sites)]) if n_sites else static_mlp()
         self.time = nn.Parameter(torch.zeros(n_bins, cfg.time_dim))
         self.dec_init = nn.Linear(u + e + s_dim, cfg.layers * h)
         self.dec_rnn = nn.GRU(u + e + s_dim + cfg.time_dim, h, cfg.layers, batch_first=True)
@@ -71,8 +78,17 @@ class TCVAE(nn.Module):
         return mu, logvar.clamp(-6.0, 4.0)
 
     def decode_static(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(B, U), (B, Y) → static head outputs (B, S_out)."""
-        return self.static_dec(torch.cat([u, self.emb_y(y)], -1))[:, : self.s_out]
+        """(B, U), (B, Y) → static head outputs (B, S_out); with sites, each stay through its site's decoder."""
+        inp = torch.cat([u, self.emb_y(y)], -1)                       # (B, U+E)
+        if not self.n_sites:
+            return self.static_dec(inp)[:, : self.s_out]
+        site = y[:, -self.n_sites:].argmax(1)                          # (B,)
+        out = inp.new_empty((inp.shape[0], self.static_dec[0][-1].out_features))
+        for k, dec in enumerate(self.static_dec):  # K sites; a site's training batches hold only its own stays
+            rows = torch.nonzero(site == k).flatten()
+            if len(rows):
+                out[rows] = dec(inp[rows])
+        return out[:, : self.s_out]
 
     def decode(self, u: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """(B, U), (B, Y), (B, S) → per-step outputs (B, T, out_dim)."""
@@ -85,9 +101,27 @@ class TCVAE(nn.Module):
         return self.dec_out(o)
 
 
-def build_tcvae(cfg: TCVAEConfig, layout: Layout, *, mode: str, latent_dim: int = 0) -> TCVAE:
+def site_columns(cfg: TCVAEConfig, n_sites: int) -> int:
+    """Width K of the site one-hot appended to y: the number of sites when cfg.site_condition and K >= 2."""
+    return n_sites if cfg.site_condition and n_sites > 1 else 0
+
+
+def with_site(y: torch.Tensor, site: torch.Tensor, k: int) -> torch.Tensor:
+    """Label codes y (B, 2L) and site indices (B,) int → the conditioning code [y | one-hot(site)] (B, 2L + K)."""
+    if k == 0:
+        return y
+    return torch.cat([y, torch.nn.functional.one_hot(site, k).to(y.dtype)], 1)
+
+
+def site_owned_prefix(site: int) -> str:
+    """State-dict prefix of the static decoder that only site ``site`` trains (with a site one-hot)."""
+    return f"static_dec.{site}."
+
+
+def build_tcvae(cfg: TCVAEConfig, layout: Layout, *, mode: str, latent_dim: int = 0, n_sites: int = 0) -> TCVAE:
     """mode 'latent': sequences of d = latent_dim codes, outputs (ĥ, log σ²) of width 2d; mode 'direct':
-    data-space x_t of width layout.x_dim, outputs the mixed-type heads (layout.out_dim)."""
+    data-space x_t of width layout.x_dim, outputs the mixed-type heads (layout.out_dim). With ``n_sites`` >= 2
+    training sites (and cfg.site_condition) the label code carries a site one-hot (``with_site``)."""
     if mode == "latent":
         if latent_dim < 1:
             raise ValueError("latent mode needs latent_dim >= 1")
@@ -96,14 +130,16 @@ def build_tcvae(cfg: TCVAEConfig, layout: Layout, *, mode: str, latent_dim: int 
         x_dim, out_dim = layout.x_dim, layout.out_dim
     else:
         raise ValueError(f"unknown TCVAE mode {mode!r}")
-    return TCVAE(x_dim, out_dim, layout.s_dim, layout.static.out_width, layout.y_dim, layout.n_bins, cfg)
+    k = site_columns(cfg, n_sites)
+    return TCVAE(x_dim, out_dim, layout.s_dim, layout.static.out_width, layout.y_dim + k, layout.n_bins, cfg, k)
 
 
-def build_for(cfg: ExperimentConfig, layout: Layout) -> TCVAE:
-    """The TCVAE of an experiment: latent mode over the AE's codes (two-stage methods) or direct mode."""
+def build_for(cfg: ExperimentConfig, layout: Layout, n_sites: int = 0) -> TCVAE:
+    """The TCVAE of an experiment with ``n_sites`` training sites: latent mode over the AE's codes (two-stage
+    methods) or direct mode."""
     if cfg.two_stage:
-        return build_tcvae(cfg.tcvae, layout, mode="latent", latent_dim=cfg.ae.latent)
-    return build_tcvae(cfg.tcvae, layout, mode="direct")
+        return build_tcvae(cfg.tcvae, layout, mode="latent", latent_dim=cfg.ae.latent, n_sites=n_sites)
+    return build_tcvae(cfg.tcvae, layout, mode="direct", n_sites=n_sites)
 
 
 def latent_gaussian(out: torch.Tensor, min_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
