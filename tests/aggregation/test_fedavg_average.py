@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedehr.aggregation.fedavg import keep_own_columns, normalise_weights, weighted_average
+from fedehr.aggregation.fedavg import keep_own_arrays, keep_own_columns, normalise_weights, weighted_average
 from fedehr.errors import FedEHRError
 
 
@@ -40,3 +40,12 @@ def test_site_owned_columns_are_copied_not_averaged():
     # Only the replying sites' columns are replaced; the others keep the averaged value.
     out = keep_own_columns(avg, {"b": sites["b"]}, "w", {"b": 2})
     np.testing.assert_array_equal(out["w"], [[3.0, 4.0, 7.0]])
+
+
+def test_site_owned_arrays_are_copied_not_averaged():
+    sites = {"a": {"dec.0.w": np.array([1.0]), "dec.1.w": np.array([1.0]), "x": np.array([0.0])},
+             "b": {"dec.0.w": np.array([3.0]), "dec.1.w": np.array([5.0]), "x": np.array([2.0])}}
+    avg = weighted_average(list(sites.values()), [1, 1])
+    out = keep_own_arrays(avg, sites, {"a": "dec.0.", "b": "dec.1."})
+    assert (out["dec.0.w"][0], out["dec.1.w"][0], out["x"][0]) == (1.0, 5.0, 1.0)
+    assert avg["dec.0.w"][0] == 2.0  # the input is not modified

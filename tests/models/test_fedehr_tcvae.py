@@ -62,3 +62,23 @@ def test_posterior_moments_and_sampling(tiny_schema):
     assert torch.equal(out2, out3)
     out4, _ = sample(model, lay, y, generator=torch.Generator().manual_seed(3))
     assert not torch.equal(out2, out4)
+
+
+def test_site_conditioned_model_has_one_static_decoder_per_site(tiny_schema):
+    from fedehr.models.tcvae import site_columns, site_owned_prefix, with_site
+
+    lay, _ = _data(tiny_schema)
+    assert site_columns(CFG, 1) == 0 and site_columns(CFG, 3) == 3
+    assert site_columns(TCVAEConfig(site_condition=False), 3) == 0
+    g = torch.Generator().manual_seed(0)
+    model = init_parameters(build_tcvae(CFG, lay, mode="direct", n_sites=3), g).eval()
+    assert model.emb_y.in_features == lay.y_dim + 3 and len(model.static_dec) == 3
+    assert any(n.startswith(site_owned_prefix(2)) for n in model.state_dict())
+    y = with_site(torch.tensor([[1.0, 1.0]] * 6), torch.tensor([0, 1, 2, 2, 1, 0]), 3)
+    assert y.shape == (6, 5) and y[:, 2:].argmax(1).tolist() == [0, 1, 2, 2, 1, 0]
+    u = torch.randn(6, CFG.latent, generator=g)
+    with torch.no_grad():
+        got = model.decode_static(u, y)
+        inp = torch.cat([u, model.emb_y(y)], -1)
+        for i, k in enumerate([0, 1, 2, 2, 1, 0]):  # each stay goes through its own site's decoder
+            torch.testing.assert_close(got[i], model.static_dec[k](inp[i:i + 1])[0, :model.s_out])
