@@ -211,6 +211,9 @@ class SamplingConfig(_Section):
                                             "or take its mean μ (smoother, less variable)")
     calibrate_mask: bool = _f(True, "after training, shift each feature's mask logit so the generator's expected "
                               "observed fraction equals the federated one (aggregate counts from the stats round)")
+    calibrate_acf: bool = _f(True, "after training, set each numeric feature's noise autocorrelation ρ_f so that "
+                             "the generator's lag-1 autocorrelation equals the federated real one (sites send "
+                             "lag-1 sums in the stats round); noise_rho then applies to the latent noise only")
     latent_noise: float = _f(0.5, "scale of the TCVAE's learned per-step noise σ̂ added to latent codes before "
                              "the AE decodes them (0: decode the mean trajectory)", min=0.0)
     noise_rho: float = _f(0.9, "lag-1 autocorrelation of the sampling noise along time (latent and numeric; AR(1)); "

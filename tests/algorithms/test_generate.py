@@ -10,7 +10,7 @@ import torch
 
 from conftest import make_tiny_cohort
 from fedehr.algorithms import inprocess
-from fedehr.algorithms.generate import SYNTHETIC_ID_BASE, calibrate_mask, load_generator, sample
+from fedehr.algorithms.generate import SYNTHETIC_ID_BASE, calibrate_acf, calibrate_mask, load_generator, sample
 from fedehr.algorithms.registry import make_workflow
 from fedehr.config import load_config
 from fedehr.data.catalogue import static_specs, temporal_specs
@@ -128,6 +128,26 @@ def test_mask_calibration_hits_its_targets(run_dir):
     gen.sampling["mask_bias"] = calibrate_mask(gen, target, n=2000, seed=0).tolist()
     rate = np.isfinite(gen.sample(4000, seed=5).values).mean(axis=(0, 1))
     np.testing.assert_allclose(rate, target, atol=0.02)
+
+
+def test_acf_calibration_hits_its_targets(run_dir):
+    """Per-feature noise ρ_f found by calibrate_acf gives the requested lag-1 autocorrelation of numeric
+    features in a fresh sample; other features keep noise_rho."""
+    from fedehr.evaluation.fidelity import lag_correlation, lag_sums
+
+    out, _ = run_dir
+    gen = load_generator(out)
+    names = gen.schema.temporal_names  # HR, MAP, Temp, Lactate numeric; MechVent binary
+    before = lag_correlation(lag_sums(gen.sample(3000, seed=5).values, 1))
+    target = np.clip(before + np.array([-0.15, 0.1, -0.1, 0.1, 0.0]), 0.0, 0.95)
+    target[names.index("MechVent")] = np.nan
+    rho = calibrate_acf(gen, target, n=1500, seed=0)
+    assert rho[names.index("MechVent")] == gen.cfg.sampling.noise_rho and ((rho >= 0) & (rho <= 0.995)).all()
+    gen.sampling["numeric_rho"] = rho.tolist()
+    after = lag_correlation(lag_sums(gen.sample(3000, seed=5).values, 1))
+    num = [names.index(f) for f in ("HR", "MAP", "Temp", "Lactate")]
+    np.testing.assert_allclose(after[num], target[num], atol=0.03)
+    assert np.abs(after[num] - before[num]).max() > 0.05  # the targets moved it
 
 
 def test_direct_baseline_bundle_has_no_autoencoder(tmp_path):

@@ -203,6 +203,24 @@ def test_site_condition_can_be_switched_off_and_a_stranger_is_refused(cohorts):
         handle(stranger, sites["site2"])
 
 
+def test_acf_calibration_runs_from_site_sums(cohorts):
+    """sampling.calibrate_acf: sites send lag-1 sums (no per-stay values); the run stores the pooled target and
+    one noise ρ per temporal feature, and records them in the prior-stats step."""
+    from fedehr.evaluation.fidelity import lag_correlation, lag_sums
+
+    wf, errors = _run("fedavg", cohorts, ["sampling.calibrate_acf=true"])
+    assert not errors
+    want = lag_correlation(lag_sums(cohorts[0].values, 1))  # the pooled training stays, computed directly
+    got = np.array([np.nan if a is None else a for a in wf.sampling["acf_target"]])
+    np.testing.assert_allclose(got, want, rtol=1e-9, equal_nan=True)
+    rho = wf.sampling["numeric_rho"]
+    assert len(rho) == 5 and all(0.0 <= r <= 0.995 for r in rho)
+    last = [e for e in wf.metrics()["rounds"] if e["action"] == "prior-stats"][-1]
+    assert sorted(last["numeric_rho"]) == sorted(cohorts[0].schema.temporal_names)
+    wf2, _ = _run("fedavg", cohorts, ["sampling.calibrate_acf=false"])
+    assert "numeric_rho" not in wf2.sampling and "acf_target" not in wf2.sampling
+
+
 def test_site_helpers_by_hand():
     counts = np.zeros((2, 3, 2), dtype=np.uint16)
     counts[0, :, 0] = [1, 2, 0]

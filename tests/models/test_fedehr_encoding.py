@@ -134,6 +134,11 @@ def test_ar1_noise_has_the_requested_autocorrelation():
         assert lag1 == pytest.approx(rho, abs=0.02)
         assert e.std() == pytest.approx(1.0, abs=0.02)  # stationary: unit variance at every step
     assert ar1_noise((5, 2), 0.9, generator=g).shape == (5, 2)  # no time axis: plain normal draws
+    rho = torch.tensor([0.0, 0.5, 0.95])  # one ρ per column
+    e = ar1_noise((4000, 24, 3), rho, generator=g).numpy()
+    for j, r in enumerate(rho.tolist()):
+        np.testing.assert_allclose(np.corrcoef(e[:, :-1, j].ravel(), e[:, 1:, j].ravel())[0, 1], r, atol=0.02)
+        np.testing.assert_allclose(e[:, :, j].std(), 1.0, atol=0.02)
 
 
 # ---- the fast temporal sampler (TemporalSampler) against the reference path and its target distributions ----

@@ -314,6 +314,11 @@ class GenWorkflow(PlannedWorkflow):
         hist = sum(np.asarray(r.arrays["count_hist"], dtype=np.float64) for r in got)  # (F, K)
         rows = hist.sum(1, keepdims=True)
         pmf = np.where(rows > 0, hist / np.maximum(rows, 1), np.eye(1, hist.shape[1])[0])  # never seen: count 1
+        if self.cfg.sampling.calibrate_acf:
+            from fedehr.evaluation.fidelity import lag_correlation
+
+            acf = lag_correlation(sum(np.asarray(r.arrays["acf_sums"], dtype=np.float64) for r in got))
+            self.sampling["acf_target"] = [None if not np.isfinite(a) else float(a) for a in acf]
         pats = sum(np.asarray(r.arrays["label_patterns"], dtype=np.float64) for r in got)
         if pats.sum() <= 0:
             raise FedEHRError("no training stay at any site has every outcome label known")
@@ -380,8 +385,8 @@ class GenWorkflow(PlannedWorkflow):
         if self.single:
             self.opt = {k: v for k, v in got[0].arrays.items() if k.startswith("opt/")}
         last = kind[1] == self.cfg.stage2.rounds - 1
-        if last and self.cfg.sampling.calibrate_mask and self.cfg.sampling.prior != "site-moments":
-            entry["mask_bias"] = self._calibrate()
+        if last and self.cfg.sampling.prior != "site-moments":
+            entry.update(self._calibrate())
 
     def _receive_prior_stats(self, kind: tuple[Any, ...], got: list[Reply], entry: dict[str, Any]) -> None:
         from fedehr.algorithms.latent_prior import build_mixture
@@ -392,18 +397,28 @@ class GenWorkflow(PlannedWorkflow):
         self.sampling["prior_mixture"] = mix
         entry.update({"components": len(mix["weight"]), "fallback_patterns": mix["fallback"],
                       "withheld": {r.site: int(r.metrics.get("withheld_patterns", 0)) for r in got}})
-        if self.cfg.sampling.calibrate_mask:  # calibrated under the prior that sampling uses
-            entry["mask_bias"] = self._calibrate()
+        entry.update(self._calibrate())  # calibrated under the prior that sampling uses
 
-    def _calibrate(self) -> dict[str, float]:
-        """Fit the per-feature mask offsets of the current generator (sampling.calibrate_mask)."""
-        from fedehr.algorithms.generate import calibrate_mask
+    def _calibrate(self) -> dict[str, dict[str, float]]:
+        """Fit the per-feature mask offsets (sampling.calibrate_mask), then the numeric noise autocorrelations
+        (sampling.calibrate_acf) of the current generator; returns what it fitted, by feature."""
+        from fedehr.algorithms.generate import calibrate_acf, calibrate_mask
 
         assert self.schema is not None
+        sc, out = self.cfg.sampling, {}
         self.sampling.pop("mask_bias", None)
-        bias = calibrate_mask(self.generator(), np.asarray(self.sampling["observed_rate"]), seed=self.cfg.seed)
-        self.sampling["mask_bias"] = bias.tolist()
-        return dict(zip(self.schema.temporal_names, bias.tolist(), strict=True))
+        self.sampling.pop("numeric_rho", None)
+        names = self.schema.temporal_names
+        if sc.calibrate_mask:
+            bias = calibrate_mask(self.generator(), np.asarray(self.sampling["observed_rate"]), seed=self.cfg.seed)
+            self.sampling["mask_bias"] = bias.tolist()
+            out["mask_bias"] = dict(zip(names, bias.tolist(), strict=True))
+        if sc.calibrate_acf:
+            target = np.array([np.nan if a is None else a for a in self.sampling["acf_target"]], dtype=np.float64)
+            rho = calibrate_acf(self.generator(), target, seed=self.cfg.seed)
+            self.sampling["numeric_rho"] = rho.tolist()
+            out["numeric_rho"] = dict(zip(names, rho.tolist(), strict=True))
+        return out
 
     def _receive_evaluate(self, kind: tuple[Any, ...], got: list[Reply], entry: dict[str, Any]) -> None:
         self.evaluation = {r.site: dict(r.metrics) for r in got}

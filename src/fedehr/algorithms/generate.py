@@ -246,11 +246,13 @@ class SyntheticGenerator:
         sc = self.cfg.sampling
         bias = self.sampling.get("mask_bias") if calibrated else None
         pmf = self.sampling.get("count_pmf")
+        rho = self.sampling.get("numeric_rho")  # per-feature ρ from sampling.calibrate_acf, else noise_rho
         sampler = TemporalSampler(self.schema.temporal, self.normaliser.temporal,
                                   None if pmf is None else np.asarray(pmf, dtype=np.float64),
                                   None if bias is None else np.asarray(bias, dtype=np.float64),
                                   mask_mode=sc.mask, binary_mode=sc.binary, numeric_mode=sc.numeric,
-                                  rho=sc.noise_rho, device=device)
+                                  rho=sc.noise_rho if rho is None else np.asarray(rho, dtype=np.float64),
+                                  device=device)
         sequence = None
         if torch.device(device).type == "cpu" and self.tcvae.layers == 1:
             sequence = GRUDecoder(self.tcvae).decode  # checked against TCVAE.decode in the tests
@@ -374,6 +376,54 @@ def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000
     out_b = (0.5 * (lo + hi)).numpy()
     out_b[np.asarray(target) <= 0] = 0.0
     return out_b
+
+
+@torch.no_grad()
+def calibrate_acf(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 600, seed: int = 0,
+                  iterations: int = 12, max_rho: float = 0.995) -> np.ndarray:
+    """Per-feature AR(1) coefficients ρ_f (F,) of the numeric sampling noise such that the generator's pooled
+    lag-1 autocorrelation (fedehr.evaluation.fidelity.lag_correlation, forward-filled series) of feature f
+    equals ``target`` (F,), the federated real one (bisection on [0, max_rho]).
+
+    ``n`` stays are drawn once (labels, u, latent sequences, heads) and the values re-drawn per iteration with
+    the same random numbers, so only ρ changes between iterations; the autocorrelation rises with ρ_f.
+    Non-numeric features, and numeric ones without a target or with numeric sampling off, keep noise_rho.
+    """
+    from fedehr.evaluation.fidelity import lag_correlation, lag_sums
+
+    sc = gen.cfg.sampling
+    f = len(gen.schema.temporal)
+    num = np.array([s.kind == "numeric" for s in gen.schema.temporal]) & np.isfinite(target)
+    out = np.full(f, sc.noise_rho)
+    if sc.numeric != "sample" or not num.any():
+        return out
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    gen.to("cpu")
+    saved = gen.sampling.pop("numeric_rho", None)
+    try:
+        plan = gen._plan("cpu")
+    finally:
+        if saved is not None:
+            gen.sampling["numeric_rho"] = saved
+    y = torch.as_tensor(gen._labels(n, rng, {}, None))
+    seq, _ = gen._sequence(torch.cat([y, torch.ones_like(y)], 1), g, None, plan)
+    heads = gen._decode(seq, g, plan)
+    t = gen.schema.n_bins
+    values = torch.empty((n, t, f), dtype=torch.float32)
+    counts = torch.empty((n, t, f), dtype=torch.int32)
+    lo, hi = np.zeros(f), np.full(f, max_rho)
+    for _ in range(iterations):
+        rho = np.where(num, 0.5 * (lo + hi), sc.noise_rho)
+        plan.sampler.rho = torch.as_tensor(rho, dtype=torch.float32)
+        plan.sampler.draw([h.clone() for h in heads], generator=torch.Generator().manual_seed(seed + 1),
+                          values=values, counts=counts)
+        acf = lag_correlation(lag_sums(values.numpy(), 1))                # (F,)
+        num &= np.isfinite(acf)  # a feature the sample never shows twice in a row keeps noise_rho
+        above = acf > target
+        hi, lo = np.where(above, rho, hi), np.where(above, lo, rho)
+    out[num] = (0.5 * (lo + hi))[num]
+    return out
 
 
 def build_generator(cfg: ExperimentConfig, schema: Schema, normaliser: Normaliser,

@@ -209,6 +209,10 @@ def _stats(task: Task, ctx: SiteContext) -> Reply:
     arrays = {f"stats/{k}": v for k, v in st.to_arrays().items()}
     arrays["count_hist"] = count_histogram(ctx.train.counts, cfg.sampling.max_count)
     arrays["label_patterns"] = label_patterns(ctx.train.labels)
+    if cfg.sampling.calibrate_acf:  # for sampling.calibrate_acf: sums, not per-stay values
+        from fedehr.evaluation.fidelity import lag_sums
+
+        arrays["acf_sums"] = lag_sums(ctx.train.values, 1)
     return Reply(ctx.site, arrays, {"n_stays": len(ctx.train)}, num_examples=len(ctx.train))
 
 

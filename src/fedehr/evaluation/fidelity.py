@@ -180,6 +180,37 @@ def forward_fill(values: np.ndarray) -> np.ndarray:
     return np.where(idx >= 0, out, np.nan)
 
 
+def lag_sums(values: np.ndarray, lag: int = 1) -> np.ndarray:
+    """Sums for the pooled lag-k Pearson correlation of forward-filled series, mergeable across sites.
+
+    values (N, T, F), NaN where unobserved. Returns (6, F) float64: n, Σa, Σb, Σab, Σa², Σb² over all pairs
+    (a, b) = (x[n, t, f], x[n, t+k, f]) of the forward-filled series defined in both bins (all zero if k >= T).
+    """
+    x = forward_fill(values.astype(np.float64))
+    out = np.zeros((6, values.shape[2]))
+    if lag >= values.shape[1]:
+        return out
+    a, b = x[:, :-lag], x[:, lag:]  # (N, T-k, F)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a0, b0 = np.where(ok, a, 0.0), np.where(ok, b, 0.0)
+    for i, v in enumerate((ok, a0, b0, a0 * b0, a0 * a0, b0 * b0)):
+        out[i] = v.sum(axis=(0, 1))
+    return out
+
+
+def lag_correlation(sums: np.ndarray) -> np.ndarray:
+    """(6, F) sums of :func:`lag_sums` (possibly added over sites) → (F,) correlation in [-1, 1], NaN where a
+    feature has < 3 pairs or no variance. Sums of raw values: the correlation does not change under the
+    affine standardisation the fidelity metrics apply."""
+    n, sa, sb, sab, saa, sbb = sums
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ma, mb = sa / n, sb / n
+        cov = sab / n - ma * mb
+        va, vb = saa / n - ma**2, sbb / n - mb**2
+        r = cov / np.sqrt(va * vb)
+    return np.where((n >= 3) & (va > 1e-12) & (vb > 1e-12), np.clip(r, -1, 1), np.nan)
+
+
 def autocorrelation(values: np.ndarray, lags: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> np.ndarray:
     """Pooled lag-k autocorrelation per feature of forward-filled series.
 
@@ -187,22 +218,10 @@ def autocorrelation(values: np.ndarray, lags: tuple[int, ...] = (1, 2, 3, 4, 5, 
     for lag k the Pearson correlation of all pairs (x[n, t, f], x[n, t+k, f]) defined in both bins is taken over
     stays and times. Returns (F, K) in [-1, 1], NaN where a feature has < 3 pairs or no variance.
     """
-    x = forward_fill(values.astype(np.float64))
     out = np.full((values.shape[2], len(lags)), np.nan)
     for i, k in enumerate(lags):
-        if k >= values.shape[1]:
-            continue
-        a, b = x[:, :-k], x[:, k:]  # (N, T-k, F)
-        ok = np.isfinite(a) & np.isfinite(b)
-        n = ok.sum(axis=(0, 1))  # (F,)
-        a0, b0 = np.where(ok, a, 0.0), np.where(ok, b, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ma, mb = a0.sum(axis=(0, 1)) / n, b0.sum(axis=(0, 1)) / n
-            cov = (a0 * b0).sum(axis=(0, 1)) / n - ma * mb
-            va = (a0 * a0).sum(axis=(0, 1)) / n - ma**2
-            vb = (b0 * b0).sum(axis=(0, 1)) / n - mb**2
-            r = cov / np.sqrt(va * vb)
-        out[:, i] = np.where((n >= 3) & (va > 1e-12) & (vb > 1e-12), np.clip(r, -1, 1), np.nan)
+        if k < values.shape[1]:
+            out[:, i] = lag_correlation(lag_sums(values, k))
     return out
 
 

@@ -214,14 +214,21 @@ def _draw(p: torch.Tensor, mode: str, generator: torch.Generator | None) -> torc
     return torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p
 
 
-def ar1_noise(shape: tuple[int, ...], rho: float, *, generator: torch.Generator | None,
+def ar1_noise(shape: tuple[int, ...], rho: float | torch.Tensor, *, generator: torch.Generator | None,
               device: torch.device | str = "cpu") -> torch.Tensor:
-    """Standard normal noise, (B, T, ·) with lag-1 autocorrelation ρ along T (stationary AR(1));
-    ε_t = ρ ε_{t−1} + √(1 − ρ²) η_t. ρ = 0 gives independent draws; tensors without a time axis ignore ρ."""
+    """Standard normal noise, (B, T, D) with lag-1 autocorrelation ρ along T (stationary AR(1));
+    ε_t = ρ ε_{t−1} + √(1 − ρ²) η_t. ρ is one number or one per last-axis column (D,); ρ = 0 gives independent
+    draws; tensors without a time axis ignore ρ."""
     eps = torch.randn(shape, generator=generator, device=device)
-    if rho > 0 and len(shape) == 3:
-        c = (1.0 - rho**2) ** 0.5
+    if len(shape) != 3:
+        return eps
+    if isinstance(rho, torch.Tensor):
+        c = (1.0 - rho**2).sqrt()                                   # (D,)
         for t in range(1, shape[1]):  # a loop over time steps, vectorised over stays and features
+            eps[:, t].mul_(c).addcmul_(eps[:, t - 1], rho)
+    elif rho > 0:
+        c = (1.0 - rho**2) ** 0.5
+        for t in range(1, shape[1]):
             eps[:, t].mul_(c).add_(eps[:, t - 1], alpha=rho)
     return eps
 
@@ -341,10 +348,15 @@ class TemporalSampler:
 
     def __init__(self, specs: tuple[FeatureSpec, ...], columns, count_pmf: np.ndarray | None,
                  mask_bias: np.ndarray | None = None, *, mask_mode: str = "bernoulli", binary_mode: str = "bernoulli",
-                 numeric_mode: str = "sample", rho: float = 0.0, device: str | torch.device = "cpu") -> None:
+                 numeric_mode: str = "sample", rho: float | np.ndarray = 0.0,
+                 device: str | torch.device = "cpu") -> None:
         b = Blocks.of(specs)
         n = b.n
-        self.blocks, self.n, self.rho = b, n, float(rho)
+        self.blocks, self.n = b, n
+        # ρ of the numeric noise: one number, or one per feature (F,) in schema order (sampling.calibrate_acf)
+        self.rho: float | torch.Tensor = (float(rho) if np.ndim(rho) == 0 else
+                                          torch.as_tensor(np.asarray(rho, dtype=np.float32).reshape(n),
+                                                          device=torch.device(device)))
         self.mask_mode, self.binary_mode, self.numeric_mode = mask_mode, binary_mode, numeric_mode
         num = np.zeros(n, dtype=bool)
         num[list(b.num)] = True
