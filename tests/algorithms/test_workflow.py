@@ -78,7 +78,7 @@ def test_fedavg_matches_fedehr_gen_epoch_budget(cohorts):
 
 ALLOWED = ("ae/", "tcvae/", "opt/", "stats/")
 ALLOWED_EXACT = {"count_hist", "label_patterns", "count", "sum", "sumsq", "post_mean", "post_var",
-                 "prior_n", "prior_sum", "prior_sumsq"}
+                 "prior_n", "prior_sum", "prior_sumsq", "acf_sums"}
 
 
 @pytest.mark.parametrize("method", ["fedehr-gen", "centralized"])
