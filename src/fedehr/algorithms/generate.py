@@ -318,8 +318,8 @@ class SyntheticGenerator:
 
     def _site_weights(self, device: torch.device) -> torch.Tensor:
         """(K,) training stays per site: where a stay's site does not come from its prior component."""
-        n = self.sampling.get("n_train", {})
-        return torch.as_tensor([float(n.get(s, 1)) for s in self.sites], device=device)
+        n = self.sampling["n_train"]  # every site of the run has its count: no default
+        return torch.as_tensor([float(n[s]) for s in self.sites], device=device)
 
     def _prior_u(self, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor]:
         """u (B, U) from the site-moment mixture (fedehr.algorithms.latent_prior), the TCVAE's learned prior
