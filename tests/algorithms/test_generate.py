@@ -133,7 +133,7 @@ def test_mask_calibration_hits_its_targets(run_dir):
 def test_acf_calibration_hits_its_targets(run_dir):
     """Per-feature noise ρ_f found by calibrate_acf gives the requested lag-1 autocorrelation of numeric
     features in a fresh sample; other features keep noise_rho."""
-    from fedehr.evaluation.fidelity import lag_correlation, lag_sums
+    from fedehr.evaluation.lags import lag_correlation, lag_sums
 
     out, _ = run_dir
     gen = load_generator(out)

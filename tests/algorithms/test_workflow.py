@@ -206,7 +206,7 @@ def test_site_condition_can_be_switched_off_and_a_stranger_is_refused(cohorts):
 def test_acf_calibration_runs_from_site_sums(cohorts):
     """sampling.calibrate_acf: sites send lag-1 sums (no per-stay values); the run stores the pooled target and
     one noise ρ per temporal feature, and records them in the prior-stats step."""
-    from fedehr.evaluation.fidelity import lag_correlation, lag_sums
+    from fedehr.evaluation.lags import lag_correlation, lag_sums
 
     wf, errors = _run("fedavg", cohorts, ["sampling.calibrate_acf=true"])
     assert not errors

@@ -40,6 +40,7 @@ from fedehr.data.cohort import Cohort
 from fedehr.data.schema import Schema
 from fedehr.data.transforms import Normaliser
 from fedehr.errors import FedEHRError
+from fedehr.heap import release_heap
 from fedehr.models import init_parameters
 from fedehr.models.autoencoder import build_autoencoder
 from fedehr.models.encoding import Layout
@@ -315,7 +316,7 @@ class GenWorkflow(PlannedWorkflow):
         rows = hist.sum(1, keepdims=True)
         pmf = np.where(rows > 0, hist / np.maximum(rows, 1), np.eye(1, hist.shape[1])[0])  # never seen: count 1
         if self.cfg.sampling.calibrate_acf:
-            from fedehr.evaluation.fidelity import lag_correlation
+            from fedehr.evaluation.lags import lag_correlation
 
             acf = lag_correlation(sum(np.asarray(r.arrays["acf_sums"], dtype=np.float64) for r in got))
             self.sampling["acf_target"] = [None if not np.isfinite(a) else float(a) for a in acf]
@@ -418,6 +419,7 @@ class GenWorkflow(PlannedWorkflow):
             rho = calibrate_acf(self.generator(), target, seed=self.cfg.seed)
             self.sampling["numeric_rho"] = rho.tolist()
             out["numeric_rho"] = dict(zip(names, rho.tolist(), strict=True))
+        release_heap()  # the calibration draws are gone
         return out
 
     def _receive_evaluate(self, kind: tuple[Any, ...], got: list[Reply], entry: dict[str, Any]) -> None:
@@ -443,6 +445,7 @@ class GenWorkflow(PlannedWorkflow):
         t0 = time.perf_counter()
         syn = self.generator().sample(self.cfg.eval_sample, seed=self.cfg.seed, device=self.cfg.resolved_device())
         self.sampling_seconds = time.perf_counter() - t0
+        release_heap()  # the sampling buffers are gone; the server then waits on the sites' evaluation
         return syn
 
     def save(self, run_dir: str | Path) -> Path:

@@ -349,6 +349,25 @@ class SyntheticGenerator:
         return u, y
 
 
+CALIBRATION_CHUNK = 200  # stays decoded at once while calibrating: bounds the decoder's activations (memory)
+
+
+def _calibration_heads(gen: SyntheticGenerator, n: int, seed: int, plan: _Plan, keep: int | None = None
+                       ) -> list[torch.Tensor]:
+    """Sampling heads (each (n, T, ·)) of ``n`` stays with labels from the federated label distribution, drawn
+    and decoded CALIBRATION_CHUNK stays at a time; only head ``keep`` when given."""
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    y = torch.as_tensor(gen._labels(n, rng, {}, None))                   # (n, L)
+    parts = []
+    for a in range(0, n, CALIBRATION_CHUNK):
+        yc = y[a:a + CALIBRATION_CHUNK]
+        seq, _ = gen._sequence(torch.cat([yc, torch.ones_like(yc)], 1), g, None, plan)
+        heads = gen._decode(seq, g, plan)
+        parts.append(heads if keep is None else [heads[keep]])
+    return [torch.cat(p) for p in zip(*parts, strict=True)]
+
+
 @torch.no_grad()
 def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000, seed: int = 0,
                    iterations: int = 40) -> np.ndarray:
@@ -358,14 +377,9 @@ def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000
     ``n`` stays drawn with labels from the federated label distribution. Features never observed keep b = 0.
     """
     f = len(gen.schema.temporal)
-    rng = np.random.default_rng(seed)
-    g = torch.Generator().manual_seed(seed)
     gen.to("cpu")
     plan = gen._plan("cpu", calibrated=False)
-    y = torch.as_tensor(gen._labels(n, rng, {}, None))
-    seq, _ = gen._sequence(torch.cat([y, torch.ones_like(y)], 1), g, None, plan)
-    heads = gen._decode(seq, g, plan)
-    logits = heads[1].reshape(-1, f).double()                 # (n·T, F) uncalibrated mask logits, schema order
+    logits = _calibration_heads(gen, n, seed, plan, keep=1)[0].reshape(-1, f).double()  # (n·T, F) uncalibrated
     tgt = torch.as_tensor(np.asarray(target, dtype=np.float64)).clamp(1e-6, 1 - 1e-6)
     lo = torch.full((f,), -20.0, dtype=torch.float64)
     hi = torch.full((f,), 20.0, dtype=torch.float64)
@@ -382,14 +396,14 @@ def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000
 def calibrate_acf(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 600, seed: int = 0,
                   iterations: int = 12, max_rho: float = 0.995) -> np.ndarray:
     """Per-feature AR(1) coefficients ρ_f (F,) of the numeric sampling noise such that the generator's pooled
-    lag-1 autocorrelation (fedehr.evaluation.fidelity.lag_correlation, forward-filled series) of feature f
+    lag-1 autocorrelation (fedehr.evaluation.lags.lag_correlation, forward-filled series) of feature f
     equals ``target`` (F,), the federated real one (bisection on [0, max_rho]).
 
     ``n`` stays are drawn once (labels, u, latent sequences, heads) and the values re-drawn per iteration with
     the same random numbers, so only ρ changes between iterations; the autocorrelation rises with ρ_f.
     Non-numeric features, and numeric ones without a target or with numeric sampling off, keep noise_rho.
     """
-    from fedehr.evaluation.fidelity import lag_correlation, lag_sums
+    from fedehr.evaluation.lags import lag_correlation, lag_sums
 
     sc = gen.cfg.sampling
     f = len(gen.schema.temporal)
@@ -397,8 +411,6 @@ def calibrate_acf(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 600, 
     out = np.full(f, sc.noise_rho)
     if sc.numeric != "sample" or not num.any():
         return out
-    rng = np.random.default_rng(seed)
-    g = torch.Generator().manual_seed(seed)
     gen.to("cpu")
     saved = gen.sampling.pop("numeric_rho", None)
     try:
@@ -406,9 +418,7 @@ def calibrate_acf(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 600, 
     finally:
         if saved is not None:
             gen.sampling["numeric_rho"] = saved
-    y = torch.as_tensor(gen._labels(n, rng, {}, None))
-    seq, _ = gen._sequence(torch.cat([y, torch.ones_like(y)], 1), g, None, plan)
-    heads = gen._decode(seq, g, plan)
+    heads = _calibration_heads(gen, n, seed, plan)
     t = gen.schema.n_bins
     values = torch.empty((n, t, f), dtype=torch.float32)
     counts = torch.empty((n, t, f), dtype=torch.int32)

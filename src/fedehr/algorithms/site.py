@@ -210,7 +210,7 @@ def _stats(task: Task, ctx: SiteContext) -> Reply:
     arrays["count_hist"] = count_histogram(ctx.train.counts, cfg.sampling.max_count)
     arrays["label_patterns"] = label_patterns(ctx.train.labels)
     if cfg.sampling.calibrate_acf:  # for sampling.calibrate_acf: sums, not per-stay values
-        from fedehr.evaluation.fidelity import lag_sums
+        from fedehr.evaluation.lags import lag_sums
 
         arrays["acf_sums"] = lag_sums(ctx.train.values, 1)
     return Reply(ctx.site, arrays, {"n_stays": len(ctx.train)}, num_examples=len(ctx.train))
