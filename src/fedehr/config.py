@@ -141,6 +141,11 @@ class TCVAEConfig(_Section):
         True, "append a one-hot of the training site to the label code y (runs with 2+ sites): each site's "
         "stays are encoded and decoded as its own, and sampling gives a stay the site of the prior component "
         "its u came from (docs/methods.md §5)")
+    presence: bool = _f(
+        False, "model which temporal features a stay ever measures: per-stay indicators e_f = [feature f observed "
+        "at least once] join the static features (encoded, decoded per site, drawn when sampling), and a drawn "
+        "stay observes a feature in at least one hour when e_f = 1 and in none when e_f = 0. Off by default: it "
+        "makes per-stay missingness faithful but cost 0.02 TSTR AUROC in our ablation (docs/methods.md §5)")
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,33 @@ def test_site_condition_can_be_switched_off_and_a_stranger_is_refused(cohorts):
         handle(stranger, sites["site2"])
 
 
+@pytest.mark.parametrize("method", ["fedehr-gen", "fedavg-direct"])
+def test_presence_indicators_train_per_site_and_gate_the_sample(method, cohorts):
+    """tcvae.presence: each site appends its stays' presence indicators to s (the TCVAE is built P wider and
+    trains on them); sampled stays observe exactly the features their presence draws name."""
+    import torch
+
+    from fedehr.algorithms.site import _tcvae_inputs
+    from fedehr.models.encoding import presence
+
+    train = cohorts[0].subset(np.ones(len(cohorts[0]), dtype=bool))  # a copy: the fixture is shared
+    train.counts[::4, :, 3] = 0  # Lactate never measured in a quarter of the stays
+    train.values[::4, :, 3] = np.nan
+    wf, errors = _run(method, (train, cohorts[1]), ["tcvae.presence=true"])
+    assert not errors
+    gen = wf.generator()
+    assert gen.tcvae.n_presence == 5 and gen.tcvae.s_dim == gen.layout.s_dim + 5
+    ctx = SiteContext("site1", train.site("site1"))
+    data = {"s": torch.zeros(len(ctx.train), gen.layout.s_dim), "y": torch.zeros(len(ctx.train), 2)}
+    task = Task("tcvae-train", {"cfg": json.dumps(wf.cfg.to_dict()), "sites": ["site0", "site1", "site2"]})
+    got = _tcvae_inputs(task, ctx, wf.cfg, data)
+    np.testing.assert_array_equal(got["s"][:, gen.layout.s_dim:].numpy(), presence(ctx.train.counts))
+    assert got["y"][:, 2:].argmax(1).eq(1).all()  # the site one-hot as before
+    syn = gen.sample(400, seed=1)
+    seen = np.isfinite(syn.values).any(1)
+    assert 0.05 < 1 - seen[:, 3].mean() < 0.6  # the sample has stays without Lactate, as the data had
+
+
 def test_acf_calibration_runs_from_site_sums(cohorts):
     """sampling.calibrate_acf: sites send lag-1 sums (no per-stay values); the run stores the pooled target and
     one noise ρ per temporal feature, and records them in the prior-stats step."""

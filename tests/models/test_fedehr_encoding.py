@@ -273,3 +273,36 @@ def test_sampler_values_follow_the_heads():
     soft = np.exp([0.0, 1.0, -1.0]) / np.exp([0.0, 1.0, -1.0]).sum()
     np.testing.assert_allclose(np.bincount(values[..., 4].astype(int).ravel(), minlength=3) / (n * t), soft,
                                atol=0.01)
+
+
+def test_sampler_presence_gates_the_mask():
+    """Presence draws: an absent feature is never observed in its stay; a present one is observed in at least one
+    hour (the likeliest when the per-hour draws gave none), elsewhere exactly as without presence."""
+    from fedehr.models.encoding import Blocks, TemporalSampler
+
+    schema, norm = _sampling_schema()
+    b = Blocks.of(schema.temporal)
+    n, t = 3000, 6
+    p = np.array([0.02, 0.3, 0.6, 0.1, 0.9])
+    out = torch.zeros((n, t, b.out_width))
+    out[..., b.s_mask] = torch.as_tensor(np.log(p / (1 - p))[b.order], dtype=torch.float32)
+    out[:, 2, b.s_mask.start] += 4.0                           # feature HR (mask column 0) likeliest at hour 2
+    e = torch.rand((n, 5), generator=torch.Generator().manual_seed(7)) < 0.6
+    sampler = TemporalSampler(schema.temporal, norm.temporal, None, None)
+    values, counts = np.empty((n, t, 5), np.float32), np.empty((n, t, 5), np.int32)
+    vt, ct = torch.from_numpy(values), torch.from_numpy(counts)
+    sampler.draw(sampler.apply_map(out), generator=torch.Generator().manual_seed(1), values=vt, counts=ct,
+                 presence=e)
+    seen = (counts > 0).any(1)
+    np.testing.assert_array_equal(seen, e.numpy())                # observed somewhere ⟺ present
+    np.testing.assert_array_equal(np.isnan(values), counts == 0)
+    ref_values, ref_counts = _draw(sampler, sampler.apply_map(out), n, t, 5, seed=1)  # no presence
+    # Present features the per-hour draws already observed are untouched.
+    keep = (e.numpy() & (ref_counts > 0).any(1))[:, None, :]
+    np.testing.assert_array_equal(np.where(keep, counts, 0), np.where(keep, ref_counts, 0))
+    np.testing.assert_array_equal(np.where(keep, values, 0), np.where(keep, ref_values, 0))
+    # Forced hours: the rare feature (p = 0.02) usually needs one, placed at its likeliest hour.
+    forced = e.numpy()[:, 0] & ~(ref_counts[..., 0] > 0).any(1)
+    assert forced.sum() > 100
+    assert ((counts[forced, :, 0] > 0).sum(1) == 1).all()
+    assert (counts[forced, 2, 0] > 0).mean() > 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,16 +11,18 @@ from fedehr.config import TCVAEConfig
 from fedehr.data.fedstats import site_stats
 from fedehr.data.transforms import Normaliser
 from fedehr.models import init_parameters
-from fedehr.models.encoding import Layout, encode_cohort
+from fedehr.models.encoding import Layout, encode_cohort, presence
 from fedehr.models.tcvae import build_tcvae, objective, posterior_moments, sample
 from fedehr.training.loop import TrainConfig, ordered_batches, shuffled_batches, train_local
 
-CFG = TCVAEConfig(latent=4, hidden=16, cond_dim=4, time_dim=4, beta_warmup=0.0)
+CFG = TCVAEConfig(latent=4, hidden=16, cond_dim=4, time_dim=4, beta_warmup=0.0, presence=True)
 
 
 def _data(schema, n=32):
+    """Layout and TCVAE inputs; s ends with the presence indicators (CFG.presence)."""
     c = make_tiny_cohort(schema, n=n)
     x, s, y = encode_cohort(c, Normaliser.from_stats(site_stats(c), schema))
+    s = np.concatenate([s, presence(c.counts)], 1)
     return Layout.of(schema), {"x": torch.as_tensor(x), "s": torch.as_tensor(s), "y": torch.as_tensor(y)}
 
 
@@ -48,6 +51,7 @@ def test_posterior_moments_and_sampling(tiny_schema):
     out, draws = sample(model, lay, y, generator=g)
     assert out.shape == (7, tiny_schema.n_bins, lay.out_dim)
     assert draws["observed"].shape == (7, 2) and draws["num"].shape == (7, 1)
+    assert draws["presence"].shape == (7, len(tiny_schema.temporal)) and draws["presence"].dtype == torch.bool
 
     def hook(d):
         d = dict(d)
@@ -81,4 +85,38 @@ def test_site_conditioned_model_has_one_static_decoder_per_site(tiny_schema):
         got = model.decode_static(u, y)
         inp = torch.cat([u, model.emb_y(y)], -1)
         for i, k in enumerate([0, 1, 2, 2, 1, 0]):  # each stay goes through its own site's decoder
-            torch.testing.assert_close(got[i], model.static_dec[k](inp[i:i + 1])[0, :model.s_out])
+            torch.testing.assert_close(got[i], model.static_dec[k](inp[i:i + 1])[0, :model.s_out + model.n_presence])
+
+
+def test_presence_indicators_are_static_inputs_and_bernoulli_outputs(tiny_schema):
+    """With tcvae.presence, s carries F presence indicators: the encoder and the decoder read them, the static
+    decoder gives one logit each, and the static term of the loss is their Bernoulli NLL plus the static heads'."""
+    from fedehr.models.tcvae import presence_columns
+
+    lay, data = _data(tiny_schema)
+    f = len(tiny_schema.temporal)
+    assert presence_columns(CFG, lay) == f and presence_columns(TCVAEConfig(presence=False), lay) == 0
+    g = torch.Generator().manual_seed(0)
+    model = init_parameters(build_tcvae(CFG, lay, mode="direct"), g)
+    off = init_parameters(build_tcvae(TCVAEConfig(**{**CFG.__dict__, "presence": False}), lay, mode="direct"), g)
+    assert model.s_dim == lay.s_dim + f and model.n_presence == f and off.s_dim == lay.s_dim
+    assert model.static_dec[-1].out_features == lay.static.out_width + f
+    e = data["s"][:, lay.s_dim:]
+    assert set(e.unique().tolist()) <= {0.0, 1.0}
+    e[::3, 0] = 0.0  # the tiny cohort measures every feature in every stay: some absent ones for the BCE
+    # The static term: heads NLL + BCE of the presence logits (posterior σ at its floor e^-6, so u ≈ 0).
+    model.eval()
+    with torch.no_grad():
+        model.enc_out.weight.zero_()
+        model.enc_out.bias.copy_(torch.cat([torch.zeros(CFG.latent), torch.full((CFG.latent,), -30.0)]))
+        _, parts = objective(CFG, lay, mode="direct")(model, {**data, "beta": 1.0}, g)
+        st = model.decode_static(torch.zeros(32, CFG.latent), data["y"])
+        from fedehr.models.encoding import heads_loss
+
+        want = heads_loss(st[:, :model.s_out], data["s"][:, :lay.s_dim], lay.static)[0] + \
+            torch.nn.functional.binary_cross_entropy_with_logits(st[:, model.s_out:], e, reduction="none").sum(1)
+        torch.testing.assert_close(parts["static"], want, rtol=2e-3, atol=0.0)  # the BCE term alone is ~3
+        # Flipping the indicators changes the sequence decoder's output: it is conditioned on them.
+        flipped = {**data, "s": torch.cat([data["s"][:, :lay.s_dim], 1 - e], 1)}
+        u = torch.zeros(32, CFG.latent)
+        assert not torch.allclose(model.decode(u, data["y"], data["s"]), model.decode(u, data["y"], flipped["s"]))

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F_
 
 from fedehr.config import ExperimentConfig, resolve_device
 from fedehr.data.cohort import Cohort
@@ -218,15 +219,17 @@ class SyntheticGenerator:
             gen = torch.Generator(device=device).manual_seed(block_seed(seed, index))
             y = torch.as_tensor(labels[a:a + bs], device=device)
             seq, static_draws = self._sequence(torch.cat([y, torch.ones_like(y)], 1), gen, hook, plan)
+            pres = static_draws.get("presence")                       # (B, F) bool with tcvae.presence
             for a2 in range(0, len(y), chunk):
                 heads = self._decode(seq[a2:a2 + chunk], gen, plan)
                 i, j = a + a2, a + min(a2 + chunk, len(y))
+                e = None if pres is None else pres[a2:a2 + chunk]
                 if on_cpu:  # written straight into the cohort's arrays
-                    plan.sampler.draw(heads, generator=gen, values=out_v[i:j], counts=out_c[i:j])
+                    plan.sampler.draw(heads, generator=gen, values=out_v[i:j], counts=out_c[i:j], presence=e)
                 else:
                     v = torch.empty((j - i, t, f), dtype=torch.float32, device=device)
                     c = torch.empty((j - i, t, f), dtype=torch.int32, device=device)
-                    plan.sampler.draw(heads, generator=gen, values=v, counts=c)
+                    plan.sampler.draw(heads, generator=gen, values=v, counts=c, presence=e)
                     values[i:j], counts[i:j] = v.cpu().numpy(), c.cpu().numpy()
             if self.schema.static:
                 static[a:a + bs] = self._static_arrays(static_draws)
@@ -353,39 +356,55 @@ CALIBRATION_CHUNK = 200  # stays decoded at once while calibrating: bounds the d
 
 
 def _calibration_heads(gen: SyntheticGenerator, n: int, seed: int, plan: _Plan, keep: int | None = None
-                       ) -> list[torch.Tensor]:
+                       ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Sampling heads (each (n, T, ·)) of ``n`` stays with labels from the federated label distribution, drawn
-    and decoded CALIBRATION_CHUNK stays at a time; only head ``keep`` when given."""
+    and decoded CALIBRATION_CHUNK stays at a time (only head ``keep`` when given), and their presence draws
+    (n, F) bool (None without tcvae.presence)."""
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
     y = torch.as_tensor(gen._labels(n, rng, {}, None))                   # (n, L)
-    parts = []
+    parts, pres = [], []
     for a in range(0, n, CALIBRATION_CHUNK):
         yc = y[a:a + CALIBRATION_CHUNK]
-        seq, _ = gen._sequence(torch.cat([yc, torch.ones_like(yc)], 1), g, None, plan)
+        seq, draws = gen._sequence(torch.cat([yc, torch.ones_like(yc)], 1), g, None, plan)
         heads = gen._decode(seq, g, plan)
         parts.append(heads if keep is None else [heads[keep]])
-    return [torch.cat(p) for p in zip(*parts, strict=True)]
+        if "presence" in draws:
+            pres.append(draws["presence"])
+    return [torch.cat(p) for p in zip(*parts, strict=True)], torch.cat(pres) if pres else None
 
 
 @torch.no_grad()
 def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000, seed: int = 0,
                    iterations: int = 40) -> np.ndarray:
-    """Per-feature mask-logit offsets b_f (F,) with mean_{i,t} σ(ℓ_itf + b_f) = target_f (bisection, |b| ≤ 20).
+    """Per-feature mask-logit offsets b_f (F,) such that the expected fraction of observed bins of feature f
+    equals target_f (bisection, |b| ≤ 20).
 
     ``target`` (F,) is the federated fraction of observed bins per temporal feature; the logits ℓ come from
-    ``n`` stays drawn with labels from the federated label distribution. Features never observed keep b = 0.
+    ``n`` stays drawn with labels from the federated label distribution. Without presence indicators the
+    expected fraction is mean_{i,t} σ(ℓ_itf + b_f). With them (TemporalSampler.draw) stay i observes nothing
+    when e_if = 0 and, when e_if = 1, each hour with p_itf = σ(ℓ_itf + b_f) plus one forced hour when none was
+    drawn: E[bins] = e_if (Σ_t p_itf + Π_t (1 − p_itf)), still increasing in b_f. Features never observed keep
+    b = 0.
     """
     f = len(gen.schema.temporal)
     gen.to("cpu")
     plan = gen._plan("cpu", calibrated=False)
-    logits = _calibration_heads(gen, n, seed, plan, keep=1)[0].reshape(-1, f).double()  # (n·T, F) uncalibrated
+    heads, pres = _calibration_heads(gen, n, seed, plan, keep=1)
+    logits = heads[0].double()                                # (n, T, F) uncalibrated mask logits, schema order
+    t = logits.shape[1]
     tgt = torch.as_tensor(np.asarray(target, dtype=np.float64)).clamp(1e-6, 1 - 1e-6)
     lo = torch.full((f,), -20.0, dtype=torch.float64)
     hi = torch.full((f,), 20.0, dtype=torch.float64)
-    for _ in range(iterations):  # bisection on b: mean σ(ℓ + b) is increasing in b
+    for _ in range(iterations):  # bisection on b: the expected rate is increasing in b
         b = 0.5 * (lo + hi)
-        above = torch.sigmoid(logits + b).mean(0) > tgt
+        if pres is None:
+            rate = torch.sigmoid(logits + b).mean((0, 1))
+        else:
+            z = logits + b
+            per_stay = torch.sigmoid(z).sum(1) + F_.logsigmoid(-z).sum(1).exp()    # (n, F) expected bins
+            rate = (per_stay * pres).mean(0) / t
+        above = rate > tgt
         hi, lo = torch.where(above, b, hi), torch.where(above, lo, b)
     out_b = (0.5 * (lo + hi)).numpy()
     out_b[np.asarray(target) <= 0] = 0.0
@@ -418,7 +437,7 @@ def calibrate_acf(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 600, 
     finally:
         if saved is not None:
             gen.sampling["numeric_rho"] = saved
-    heads = _calibration_heads(gen, n, seed, plan)
+    heads, pres = _calibration_heads(gen, n, seed, plan)
     t = gen.schema.n_bins
     values = torch.empty((n, t, f), dtype=torch.float32)
     counts = torch.empty((n, t, f), dtype=torch.int32)
@@ -427,7 +446,7 @@ def calibrate_acf(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 600, 
         rho = np.where(num, 0.5 * (lo + hi), sc.noise_rho)
         plan.sampler.rho = torch.as_tensor(rho, dtype=torch.float32)
         plan.sampler.draw([h.clone() for h in heads], generator=torch.Generator().manual_seed(seed + 1),
-                          values=values, counts=counts)
+                          values=values, counts=counts, presence=pres)
         acf = lag_correlation(lag_sums(values.numpy(), 1))                # (F,)
         num &= np.isfinite(acf)  # a feature the sample never shows twice in a row keeps noise_rho
         above = acf > target

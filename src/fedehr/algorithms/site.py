@@ -39,7 +39,7 @@ from fedehr.errors import FedEHRError, InputError
 from fedehr.models import autoencoder as ae_mod
 from fedehr.models import init_parameters
 from fedehr.models import tcvae as tc_mod
-from fedehr.models.encoding import Layout, encode_cohort
+from fedehr.models.encoding import Layout, encode_cohort, presence
 from fedehr.training.checkpoint import load_numpy_state, optimizer_from_arrays, optimizer_to_arrays, state_to_numpy
 from fedehr.training.loop import TrainConfig, default_optimizer, ordered_batches, shuffled_batches, train_local
 
@@ -124,20 +124,27 @@ def _latent(task: Task, ctx: SiteContext, cfg: ExperimentConfig) -> dict[str, to
     return cache[1]
 
 
-def _with_site(task: Task, ctx: SiteContext, cfg: ExperimentConfig, data: dict[str, torch.Tensor]
-               ) -> dict[str, torch.Tensor]:
-    """The TCVAE's conditioning code: y (N, 2L) with this site's one-hot appended when the run conditions on the
-    site (the task names the run's sites in order; tcvae.site_columns)."""
+def _tcvae_inputs(task: Task, ctx: SiteContext, cfg: ExperimentConfig, data: dict[str, torch.Tensor]
+                  ) -> dict[str, torch.Tensor]:
+    """The TCVAE's inputs: the static code s (N, S_enc) with this site's presence indicators appended
+    (tcvae.presence; fedehr.models.encoding.presence), and the conditioning code y (N, 2L) with this site's
+    one-hot appended when the run conditions on the site (the task names the run's sites in order;
+    tcvae.site_columns)."""
+    out = dict(data)
+    if cfg.tcvae.presence:
+        e = torch.as_tensor(presence(ctx.train.counts), device=data["s"].device)    # (N, F)
+        out["s"] = torch.cat([data["s"], e], 1)
     sites = list(task.config.get("sites", []))
     k = tc_mod.site_columns(cfg.tcvae, len(sites))
     if k == 0:
-        return data
+        return out
     if ctx.site not in sites:
         raise FedEHRError(f"site {ctx.site!r} is not one of the run's sites ({', '.join(sites)}); it cannot join "
                           "a site-conditioned TCVAE after the first round")
     y = data["y"]
     index = torch.full((y.shape[0],), sites.index(ctx.site), dtype=torch.long, device=y.device)
-    return {**data, "y": tc_mod.with_site(y, index, k)}
+    out["y"] = tc_mod.with_site(y, index, k)
+    return out
 
 
 def _generators(ctx: SiteContext, task: Task) -> tuple[torch.Generator, torch.Generator]:
@@ -263,7 +270,7 @@ def _tcvae_train(task: Task, ctx: SiteContext) -> Reply:
     mode = "latent" if cfg.two_stage else "direct"
     if mode == "latent":
         data = _latent(task, ctx, cfg)
-    data = _with_site(task, ctx, cfg, data)
+    data = _tcvae_inputs(task, ctx, cfg, data)
     n_sites = len(task.config.get("sites", []))
     model = load_numpy_state(tc_mod.build_for(cfg, layout, n_sites), dict(task.arrays), "tcvae/")
     model.to(_device(ctx))
@@ -287,7 +294,7 @@ def _prior_stats(task: Task, ctx: SiteContext) -> Reply:
     layout, data = _encoded(task, ctx)
     if cfg.two_stage:
         data = _latent(task, ctx, cfg)
-    data = _with_site(task, ctx, cfg, data)
+    data = _tcvae_inputs(task, ctx, cfg, data)
     n_sites = len(task.config.get("sites", []))
     model = load_numpy_state(tc_mod.build_for(cfg, layout, n_sites), dict(task.arrays), "tcvae/")
     model = model.to(_device(ctx)).eval()

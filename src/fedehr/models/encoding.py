@@ -154,6 +154,12 @@ def encode_labels(labels: np.ndarray) -> np.ndarray:
     return np.concatenate([np.where(known, labels, 0.0), known], axis=1).astype(np.float32)
 
 
+def presence(counts: np.ndarray) -> np.ndarray:
+    """(N, T, F) measurement counts → (N, F) float32 presence indicators e_f: 1 where the stay measured temporal
+    feature f at least once (schema order)."""
+    return (counts > 0).any(axis=1).astype(np.float32)
+
+
 def encode_cohort(cohort: Cohort, normaliser: Normaliser) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x (N, T, D), s (N, S_enc), y (N, 2L))."""
     layout = Layout.of(cohort.schema)
@@ -208,7 +214,8 @@ def heads_loss(out: torch.Tensor, target: torch.Tensor, b: Blocks, *, lambda_num
 
 
 # ---- sampling (torch) and decoding back to cohort arrays ---------------------------------------------------
-def _draw(p: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+def draw_bernoulli(p: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Bool draws with probabilities p ('bernoulli'), or p > ½ ('threshold')."""
     if mode == "threshold":
         return p > 0.5
     return torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p
@@ -242,7 +249,7 @@ def sample_heads(out: torch.Tensor, b: Blocks, *, generator: torch.Generator | N
     if numeric_mode == "sample" and b.num:
         sd = torch.exp(0.5 * out[..., b.s_logvar].clamp(LOGVAR_MIN, LOGVAR_MAX))
         num = num + sd * ar1_noise(tuple(num.shape), rho, generator=generator, device=out.device)
-    draws = {"num": num, "bin": _draw(torch.sigmoid(out[..., b.s_bin]), binary_mode, generator)}
+    draws = {"num": num, "bin": draw_bernoulli(torch.sigmoid(out[..., b.s_bin]), binary_mode, generator)}
     codes = []
     a = b.s_cat.start
     for c in b.cat_sizes:
@@ -254,7 +261,7 @@ def sample_heads(out: torch.Tensor, b: Blocks, *, generator: torch.Generator | N
             codes.append((logits - torch.log(-torch.log(u))).argmax(-1))
         a += c
     draws["cat"] = torch.stack(codes, -1) if codes else out.new_zeros((*out.shape[:-1], 0), dtype=torch.long)
-    draws["observed"] = _draw(torch.sigmoid(out[..., b.s_mask]), mask_mode, generator)
+    draws["observed"] = draw_bernoulli(torch.sigmoid(out[..., b.s_mask]), mask_mode, generator)
     return draws
 
 
@@ -405,9 +412,15 @@ class TemporalSampler:
 
     # ---- the draw ---------------------------------------------------------------------------------------------
     def draw(self, heads: list[torch.Tensor], *, generator: torch.Generator | None, values: torch.Tensor,
-             counts: torch.Tensor) -> None:
+             counts: torch.Tensor, presence: torch.Tensor | None = None) -> None:
         """The four sampling heads (contiguous, B × T leading; overwritten, used as scratch) → ``values``
-        (B, T, F) float32, NaN where unobserved, and ``counts`` (B, T, F) (any integer dtype), written in place."""
+        (B, T, F) float32, NaN where unobserved, and ``counts`` (B, T, F) (any integer dtype), written in place.
+
+        ``presence`` (B, F) bool (the TCVAE's per-stay presence draws, tcvae.presence): a stay never observes an
+        absent feature, and observes a present one at least once: when no hour was drawn, the hour with the
+        smallest u / p (the likeliest relative to its uniform; with threshold masks the largest p) is observed,
+        with a fresh uniform for its count.
+        """
         g, logit, half_lv, discrete = heads
         dev = g.device
         if self.numeric_mode == "sample" and self.blocks.num:
@@ -420,7 +433,7 @@ class TemporalSampler:
             values[..., a:b].exp_().add_(self.origin[a:b])
         bl = self.blocks
         if bl.bin:
-            vb = _draw(torch.sigmoid(discrete[..., :len(bl.bin)]), self.binary_mode, generator)
+            vb = draw_bernoulli(torch.sigmoid(discrete[..., :len(bl.bin)]), self.binary_mode, generator)
             for j, f in enumerate(bl.bin):  # loop over binary features (few)
                 values[..., f].copy_(vb[..., j])
         k = len(bl.bin)
@@ -437,10 +450,17 @@ class TemporalSampler:
         # Mask and counts from one uniform per cell (see the class docstring).
         p = logit.sigmoid_()
         w = torch.rand(p.shape, generator=generator, device=dev)
-        if self.mask_mode == "threshold":
-            w.masked_fill_(p <= 0.5, 2.0)   # observed ⟺ p > 0.5; w stays U(0, 1) there for the count
+        if self.mask_mode == "threshold":  # observed ⟺ p > ½; w stays U(0, 1) there for the count
+            w = torch.where(p <= 0.5, 2.0 - p, w)  # > 1 (unobserved), smallest at the likeliest hour
         else:
             w.div_(p)
+        if presence is not None:
+            w.masked_fill_(~presence[:, None, :], 2.0)              # absent in this stay: never observed
+            w_min, hour = w.min(1)                                  # (B, F) each
+            forced = presence & ~(w_min < 1.0)                      # present but no hour drawn
+            if bool(forced.any()):
+                b_i, f_i = forced.nonzero(as_tuple=True)
+                w[b_i, hour[b_i, f_i], f_i] = torch.rand(b_i.shape, generator=generator, device=dev)
         obs = torch.lt(w, 1.0, out=p)                               # (B, T, F) 1.0 / 0.0 (p is no longer needed)
         values.div_(obs).mul_(obs)                                  # x·1/1 = x exactly; x/0·0 = NaN
         thr = self.thresholds

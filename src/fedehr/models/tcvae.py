@@ -4,11 +4,15 @@ Sequence-level latent u ∈ R^U, conditioned on the outcome code y (N, 2L) and s
 
     q_φ(u | h_{1:T}, y, s) = N(μ, diag σ²)       BiGRU over [h_t; e_y; s] → mean-pool over t → Linear → (μ, log σ²)
     p_θ(s | u, y)                                MLP [u; e_y] → static heads (encoding.Blocks layout)
+                                                 [+ presence logits, one per temporal feature]
     p_θ(h_{1:T} | u, y, s)                       non-autoregressive: GRU over [u; e_y; s; τ_t], h₀ = tanh(W[u; e_y; s])
     p(u | y) = N(μ_p(e_y), diag σ_p(e_y)²)   (prior "conditional"; "standard": N(0, I))
     e_y = W_y y,  τ_t learned per-bin time embedding
 With cfg.site_condition and K >= 2 training sites, y also carries a one-hot of the stay's site (with_site), so
 every term above is conditioned on the site as well, and p_θ(s | u, y) is one MLP per site.
+With cfg.presence, s ends with P = F presence indicators e_f ∈ {0, 1} (the stay measured temporal feature f at
+least once; fedehr.models.encoding.presence): the encoder and the sequence decoder read them like any static
+feature, and the static decoder gives each a Bernoulli logit, trained by BCE inside the static term.
 
 The sequence decoder outputs a mean ĥ_t and a noise scale σ̂_t per step. Negative ELBO per stay with a fixed
 likelihood scale σ_h for the mean (β annealed by the caller through batch["beta"]), plus the noise head's NLL
@@ -29,20 +33,24 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F_
 from torch import nn
 
 from fedehr.config import AEConfig, ExperimentConfig, TCVAEConfig
-from fedehr.models.encoding import Layout, draws_to_encoding, heads_loss, sample_heads
+from fedehr.models.encoding import Layout, draw_bernoulli, draws_to_encoding, heads_loss, sample_heads
 
 Objective = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class TCVAE(nn.Module):
     def __init__(self, x_dim: int, out_dim: int, s_dim: int, s_out: int, y_dim: int, n_bins: int,
-                 cfg: TCVAEConfig, n_sites: int = 0) -> None:
+                 cfg: TCVAEConfig, n_sites: int = 0, n_presence: int = 0) -> None:
         super().__init__()
         e, h, u = cfg.cond_dim, cfg.hidden, cfg.latent
-        self.latent, self.layers, self.hidden, self.s_dim, self.s_out = u, cfg.layers, h, s_dim, s_out
+        self.latent, self.layers, self.hidden = u, cfg.layers, h
+        # s (B, s_dim): the encoded static features, then n_presence presence indicators; the static decoder
+        # outputs s_out static head columns, then n_presence presence logits.
+        self.s_dim, self.s_out, self.n_presence = s_dim, s_out, n_presence
         self.n_sites = n_sites  # > 0: the last n_sites columns of y are a site one-hot
         self.emb_y = nn.Linear(y_dim, e)
         self.prior = nn.Linear(e, 2 * u) if cfg.prior == "conditional" else None
@@ -52,7 +60,7 @@ class TCVAE(nn.Module):
         self.enc_rnn = nn.GRU(x_dim + e + s_dim, h, cfg.layers, batch_first=True, bidirectional=True)
         self.enc_out = nn.Linear(2 * h, 2 * u)
         def static_mlp() -> nn.Sequential:
-            return nn.Sequential(nn.Linear(u + e, h), nn.ReLU(), nn.Linear(h, max(s_out, 1)))
+            return nn.Sequential(nn.Linear(u + e, h), nn.ReLU(), nn.Linear(h, max(s_out + n_presence, 1)))
 
         # One static decoder per site when y carries the site, trained by that site alone (site_owned_prefix).
         self.static_dec = nn.ModuleList([static_mlp() for _ in range(n_sites)]) if n_sites else static_mlp()
@@ -78,17 +86,19 @@ class TCVAE(nn.Module):
         return mu, logvar.clamp(-6.0, 4.0)
 
     def decode_static(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(B, U), (B, Y) → static head outputs (B, S_out); with sites, each stay through its site's decoder."""
+        """(B, U), (B, Y) → static head outputs and presence logits (B, S_out + P); with sites, each stay through
+        its site's decoder."""
         inp = torch.cat([u, self.emb_y(y)], -1)                       # (B, U+E)
+        width = self.s_out + self.n_presence
         if not self.n_sites:
-            return self.static_dec(inp)[:, : self.s_out]
+            return self.static_dec(inp)[:, :width]
         site = y[:, -self.n_sites:].argmax(1)                          # (B,)
         out = inp.new_empty((inp.shape[0], self.static_dec[0][-1].out_features))
         for k, dec in enumerate(self.static_dec):  # K sites; a site's training batches hold only its own stays
             rows = torch.nonzero(site == k).flatten()
             if len(rows):
                 out[rows] = dec(inp[rows])
-        return out[:, : self.s_out]
+        return out[:, :width]
 
     def decode(self, u: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """(B, U), (B, Y), (B, S) → per-step outputs (B, T, out_dim)."""
@@ -131,7 +141,14 @@ def build_tcvae(cfg: TCVAEConfig, layout: Layout, *, mode: str, latent_dim: int 
     else:
         raise ValueError(f"unknown TCVAE mode {mode!r}")
     k = site_columns(cfg, n_sites)
-    return TCVAE(x_dim, out_dim, layout.s_dim, layout.static.out_width, layout.y_dim + k, layout.n_bins, cfg, k)
+    p = presence_columns(cfg, layout)
+    s_out = layout.static.out_width if layout.s_dim else 0
+    return TCVAE(x_dim, out_dim, layout.s_dim + p, s_out, layout.y_dim + k, layout.n_bins, cfg, k, p)
+
+
+def presence_columns(cfg: TCVAEConfig, layout: Layout) -> int:
+    """Number P of presence indicators appended to s: one per temporal feature with cfg.presence, else 0."""
+    return layout.temporal.n if cfg.presence else 0
 
 
 def build_for(cfg: ExperimentConfig, layout: Layout, n_sites: int = 0) -> TCVAE:
@@ -168,10 +185,14 @@ def objective(cfg: TCVAEConfig, layout: Layout, *, mode: str, ae: AEConfig | Non
             rec, _ = heads_loss(out, x, layout.temporal, lambda_num=ae.lambda_num, lambda_bin=ae.lambda_bin,
                                 lambda_cat=ae.lambda_cat, lambda_mask=ae.lambda_mask, lambda_carry=ae.lambda_carry)
             noise = torch.zeros_like(rec)  # the heads' noise term is inside heads_loss
+        rec_s = torch.zeros_like(rec)
         if model.s_dim:
-            rec_s, _ = heads_loss(model.decode_static(u, y), s, layout.static)
-        else:
-            rec_s = torch.zeros_like(rec)
+            st = model.decode_static(u, y)                            # (B, S_out + P)
+            if model.s_out:
+                rec_s = rec_s + heads_loss(st[:, :model.s_out], s[:, :layout.s_dim], layout.static)[0]
+            if model.n_presence:  # presence indicators e (B, P): Bernoulli NLL
+                rec_s = rec_s + F_.binary_cross_entropy_with_logits(
+                    st[:, model.s_out:], s[:, layout.s_dim:], reduction="none").sum(1)
         mu_p, logvar_p = model.prior_params(y)                        # (B, U) each
         kl = 0.5 * (((mu - mu_p) ** 2 + logvar.exp()) * torch.exp(-logvar_p) - 1.0 + logvar_p - logvar).sum(1)
         beta = float(batch.get("beta", cfg.beta))
@@ -232,7 +253,8 @@ def sample(model: TCVAE, layout: Layout, y: torch.Tensor, *, generator: torch.Ge
            u: torch.Tensor | None = None, decode: Callable[..., torch.Tensor] | None = None
            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Ancestral sample for label codes y (B, Y): u ~ p(u|y) (or the given ``u`` (B, U), e.g. drawn from the
-    site-moment mixture), s ~ p(s|u,y), outputs of p(h|u,y,s).
+    site-moment mixture), s ~ p(s|u,y), outputs of p(h|u,y,s). With presence indicators, the static draws hold
+    them as ``presence`` (B, P) bool (drawn like the static mask, ``mask_mode``).
 
     ``static_hook`` may edit the static draws (e.g. to condition on a given age) before they feed the
     sequence decoder. ``decode`` replaces model.decode (e.g. fedehr.models.gru_decoder.GRUDecoder.decode).
@@ -242,11 +264,19 @@ def sample(model: TCVAE, layout: Layout, y: torch.Tensor, *, generator: torch.Ge
         mu_p, logvar_p = model.prior_params(y)
         u = mu_p + torch.exp(0.5 * logvar_p) * torch.randn(mu_p.shape, generator=generator, device=y.device)
     if model.s_dim:
-        draws = sample_heads(model.decode_static(u, y), layout.static, generator=generator, mask_mode=mask_mode,
-                             binary_mode=binary_mode, numeric_mode=numeric_mode)
-        if static_hook is not None:
-            draws = static_hook(draws)
-        s = draws_to_encoding(draws, layout.static)
+        st = model.decode_static(u, y)                                # (B, S_out + P)
+        draws, parts = {}, []
+        if model.s_out:
+            draws = sample_heads(st[:, :model.s_out], layout.static, generator=generator, mask_mode=mask_mode,
+                                 binary_mode=binary_mode, numeric_mode=numeric_mode)
+            if static_hook is not None:
+                draws = static_hook(draws)
+            parts.append(draws_to_encoding(draws, layout.static))
+        if model.n_presence:
+            e = draw_bernoulli(torch.sigmoid(st[:, model.s_out:]), mask_mode, generator)  # (B, P) bool
+            draws["presence"] = e
+            parts.append(e.to(st.dtype))
+        s = torch.cat(parts, -1)
     else:
         draws, s = {}, u.new_zeros((u.shape[0], 0))
     return (decode or model.decode)(u, y, s), draws
