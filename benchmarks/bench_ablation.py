@@ -55,14 +55,12 @@ def task_data(cohort) -> TaskData:
 def chain(gen, train, test: TaskData, seed: int) -> dict[str, float]:
     """TSTR of the real training stays passed through the AE, and through AE + TCVAE (posterior mean)."""
     from fedehr.data.cohort import Cohort
-    from fedehr.models.encoding import encode_cohort, presence, sample_heads, to_arrays
+    from fedehr.models.encoding import encode_cohort, sample_heads, to_arrays
     from fedehr.models.tcvae import latent_gaussian, with_site
 
     lay, sc = gen.layout, gen.cfg.sampling
     g = torch.Generator().manual_seed(seed)
     x, s, y = (torch.as_tensor(a) for a in encode_cohort(train, gen.normaliser))
-    if gen.tcvae.n_presence:  # the stays' own presence indicators (tcvae.presence)
-        s = torch.cat([s, torch.as_tensor(presence(train.counts))], 1)
     if gen.site_columns:  # a site-conditioned TCVAE: each stay's own site one-hot
         names, inverse = np.unique(train.sites, return_inverse=True)
         site = np.array([gen.sites.index(n) for n in names])[inverse]

@@ -205,8 +205,8 @@ def test_site_condition_can_be_switched_off_and_a_stranger_is_refused(cohorts):
 
 @pytest.mark.parametrize("method", ["fedehr-gen", "fedavg-direct"])
 def test_presence_indicators_train_per_site_and_gate_the_sample(method, cohorts):
-    """tcvae.presence: each site appends its stays' presence indicators to s (the TCVAE is built P wider and
-    trains on them); sampled stays observe exactly the features their presence draws name."""
+    """tcvae.presence: each site hands its stays' presence indicators to the TCVAE objective (e); sampled stays
+    observe features as their presence draws say."""
     import torch
 
     from fedehr.algorithms.site import _tcvae_inputs
@@ -218,12 +218,12 @@ def test_presence_indicators_train_per_site_and_gate_the_sample(method, cohorts)
     wf, errors = _run(method, (train, cohorts[1]), ["tcvae.presence=true"])
     assert not errors
     gen = wf.generator()
-    assert gen.tcvae.n_presence == 5 and gen.tcvae.s_dim == gen.layout.s_dim + 5
+    assert gen.tcvae.n_presence == 5 and gen.tcvae.s_dim == gen.layout.s_dim
     ctx = SiteContext("site1", train.site("site1"))
     data = {"s": torch.zeros(len(ctx.train), gen.layout.s_dim), "y": torch.zeros(len(ctx.train), 2)}
     task = Task("tcvae-train", {"cfg": json.dumps(wf.cfg.to_dict()), "sites": ["site0", "site1", "site2"]})
     got = _tcvae_inputs(task, ctx, wf.cfg, data)
-    np.testing.assert_array_equal(got["s"][:, gen.layout.s_dim:].numpy(), presence(ctx.train.counts))
+    np.testing.assert_array_equal(got["e"].numpy(), presence(ctx.train.counts))
     assert got["y"][:, 2:].argmax(1).eq(1).all()  # the site one-hot as before
     syn = gen.sample(400, seed=1)
     seen = np.isfinite(syn.values).any(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,11 +18,11 @@ CFG = TCVAEConfig(latent=4, hidden=16, cond_dim=4, time_dim=4, beta_warmup=0.0, 
 
 
 def _data(schema, n=32):
-    """Layout and TCVAE inputs; s ends with the presence indicators (CFG.presence)."""
+    """Layout and TCVAE inputs, presence indicators e included (CFG.presence)."""
     c = make_tiny_cohort(schema, n=n)
     x, s, y = encode_cohort(c, Normaliser.from_stats(site_stats(c), schema))
-    s = np.concatenate([s, presence(c.counts)], 1)
-    return Layout.of(schema), {"x": torch.as_tensor(x), "s": torch.as_tensor(s), "y": torch.as_tensor(y)}
+    return Layout.of(schema), {"x": torch.as_tensor(x), "s": torch.as_tensor(s), "y": torch.as_tensor(y),
+                               "e": torch.as_tensor(presence(c.counts))}
 
 
 @pytest.mark.parametrize("mode", ["latent", "direct"])
@@ -88,9 +87,10 @@ def test_site_conditioned_model_has_one_static_decoder_per_site(tiny_schema):
             torch.testing.assert_close(got[i], model.static_dec[k](inp[i:i + 1])[0, :model.s_out + model.n_presence])
 
 
-def test_presence_indicators_are_static_inputs_and_bernoulli_outputs(tiny_schema):
-    """With tcvae.presence, s carries F presence indicators: the encoder and the decoder read them, the static
-    decoder gives one logit each, and the static term of the loss is their Bernoulli NLL plus the static heads'."""
+def test_presence_indicators_are_bernoulli_outputs_read_off_a_detached_u(tiny_schema):
+    """With tcvae.presence the static decoder gives one logit per temporal feature; the static term of the loss
+    adds their Bernoulli NLL; its gradient trains the static decoder but not the encoder (u is detached)."""
+    from fedehr.models.encoding import heads_loss
     from fedehr.models.tcvae import presence_columns
 
     lay, data = _data(tiny_schema)
@@ -98,25 +98,29 @@ def test_presence_indicators_are_static_inputs_and_bernoulli_outputs(tiny_schema
     assert presence_columns(CFG, lay) == f and presence_columns(TCVAEConfig(presence=False), lay) == 0
     g = torch.Generator().manual_seed(0)
     model = init_parameters(build_tcvae(CFG, lay, mode="direct"), g)
-    off = init_parameters(build_tcvae(TCVAEConfig(**{**CFG.__dict__, "presence": False}), lay, mode="direct"), g)
-    assert model.s_dim == lay.s_dim + f and model.n_presence == f and off.s_dim == lay.s_dim
+    assert model.s_dim == lay.s_dim and model.n_presence == f
     assert model.static_dec[-1].out_features == lay.static.out_width + f
-    e = data["s"][:, lay.s_dim:]
+    e = data["e"]
     assert set(e.unique().tolist()) <= {0.0, 1.0}
     e[::3, 0] = 0.0  # the tiny cohort measures every feature in every stay: some absent ones for the BCE
-    # The static term: heads NLL + BCE of the presence logits (posterior σ at its floor e^-6, so u ≈ 0).
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # posterior σ at its floor e^-6, so u ≈ 0
         model.enc_out.weight.zero_()
         model.enc_out.bias.copy_(torch.cat([torch.zeros(CFG.latent), torch.full((CFG.latent,), -30.0)]))
-        _, parts = objective(CFG, lay, mode="direct")(model, {**data, "beta": 1.0}, g)
+    _, parts = objective(CFG, lay, mode="direct")(model, {**data, "beta": 1.0}, g)
+    with torch.no_grad():
         st = model.decode_static(torch.zeros(32, CFG.latent), data["y"])
-        from fedehr.models.encoding import heads_loss
-
-        want = heads_loss(st[:, :model.s_out], data["s"][:, :lay.s_dim], lay.static)[0] + \
+        want = heads_loss(st[:, :model.s_out], data["s"], lay.static)[0] + \
             torch.nn.functional.binary_cross_entropy_with_logits(st[:, model.s_out:], e, reduction="none").sum(1)
-        torch.testing.assert_close(parts["static"], want, rtol=2e-3, atol=0.0)  # the BCE term alone is ~3
-        # Flipping the indicators changes the sequence decoder's output: it is conditioned on them.
-        flipped = {**data, "s": torch.cat([data["s"][:, :lay.s_dim], 1 - e], 1)}
-        u = torch.zeros(32, CFG.latent)
-        assert not torch.allclose(model.decode(u, data["y"], data["s"]), model.decode(u, data["y"], flipped["s"]))
+    torch.testing.assert_close(parts["static"].detach(), want, rtol=2e-3, atol=0.0)  # the BCE term alone is ~3
+    # Gradients of the presence term alone: the static decoder yes, the encoder no.
+    model.zero_grad()
+    flipped = {**data, "e": 1 - e, "beta": 1.0}
+    a = objective(CFG, lay, mode="direct")(model, flipped, torch.Generator().manual_seed(1))[0].sum()
+    b = objective(CFG, lay, mode="direct")(model, {**data, "beta": 1.0}, torch.Generator().manual_seed(1))[0].sum()
+    (a - b).backward()
+    assert model.static_dec[-1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.enc_rnn.parameters())
+    # Sampling draws them (bool, one per temporal feature) without feeding them to the sequence decoder.
+    _, draws = sample(model, lay, data["y"][:5], generator=torch.Generator().manual_seed(2))
+    assert draws["presence"].shape == (5, f) and draws["presence"].dtype == torch.bool

@@ -126,14 +126,12 @@ def _latent(task: Task, ctx: SiteContext, cfg: ExperimentConfig) -> dict[str, to
 
 def _tcvae_inputs(task: Task, ctx: SiteContext, cfg: ExperimentConfig, data: dict[str, torch.Tensor]
                   ) -> dict[str, torch.Tensor]:
-    """The TCVAE's inputs: the static code s (N, S_enc) with this site's presence indicators appended
-    (tcvae.presence; fedehr.models.encoding.presence), and the conditioning code y (N, 2L) with this site's
-    one-hot appended when the run conditions on the site (the task names the run's sites in order;
-    tcvae.site_columns)."""
+    """The TCVAE's inputs: with tcvae.presence, this site's presence indicators e (N, F)
+    (fedehr.models.encoding.presence); the conditioning code y (N, 2L) with this site's one-hot appended when
+    the run conditions on the site (the task names the run's sites in order; tcvae.site_columns)."""
     out = dict(data)
     if cfg.tcvae.presence:
-        e = torch.as_tensor(presence(ctx.train.counts), device=data["s"].device)    # (N, F)
-        out["s"] = torch.cat([data["s"], e], 1)
+        out["e"] = torch.as_tensor(presence(ctx.train.counts), device=data["y"].device)    # (N, F)
     sites = list(task.config.get("sites", []))
     k = tc_mod.site_columns(cfg.tcvae, len(sites))
     if k == 0:

@@ -10,9 +10,10 @@ Sequence-level latent u ∈ R^U, conditioned on the outcome code y (N, 2L) and s
     e_y = W_y y,  τ_t learned per-bin time embedding
 With cfg.site_condition and K >= 2 training sites, y also carries a one-hot of the stay's site (with_site), so
 every term above is conditioned on the site as well, and p_θ(s | u, y) is one MLP per site.
-With cfg.presence, s ends with P = F presence indicators e_f ∈ {0, 1} (the stay measured temporal feature f at
-least once; fedehr.models.encoding.presence): the encoder and the sequence decoder read them like any static
-feature, and the static decoder gives each a Bernoulli logit, trained by BCE inside the static term.
+With cfg.presence, the static decoder also gives a Bernoulli logit for each of P = F presence indicators
+e_f ∈ {0, 1} (the stay measured temporal feature f at least once; fedehr.models.encoding.presence), trained by BCE
+inside the static term on a detached u: presence is read off u and y, it does not shape u, and neither the encoder
+nor the sequence decoder sees it (at sampling time it only gates the hourly mask).
 
 The sequence decoder outputs a mean ĥ_t and a noise scale σ̂_t per step. Negative ELBO per stay with a fixed
 likelihood scale σ_h for the mean (β annealed by the caller through batch["beta"]), plus the noise head's NLL
@@ -48,8 +49,8 @@ class TCVAE(nn.Module):
         super().__init__()
         e, h, u = cfg.cond_dim, cfg.hidden, cfg.latent
         self.latent, self.layers, self.hidden = u, cfg.layers, h
-        # s (B, s_dim): the encoded static features, then n_presence presence indicators; the static decoder
-        # outputs s_out static head columns, then n_presence presence logits.
+        # The static decoder outputs s_out static head columns (s (B, s_dim) in the encoding layout), then
+        # n_presence presence logits.
         self.s_dim, self.s_out, self.n_presence = s_dim, s_out, n_presence
         self.n_sites = n_sites  # > 0: the last n_sites columns of y are a site one-hot
         self.emb_y = nn.Linear(y_dim, e)
@@ -143,11 +144,11 @@ def build_tcvae(cfg: TCVAEConfig, layout: Layout, *, mode: str, latent_dim: int 
     k = site_columns(cfg, n_sites)
     p = presence_columns(cfg, layout)
     s_out = layout.static.out_width if layout.s_dim else 0
-    return TCVAE(x_dim, out_dim, layout.s_dim + p, s_out, layout.y_dim + k, layout.n_bins, cfg, k, p)
+    return TCVAE(x_dim, out_dim, layout.s_dim, s_out, layout.y_dim + k, layout.n_bins, cfg, k, p)
 
 
 def presence_columns(cfg: TCVAEConfig, layout: Layout) -> int:
-    """Number P of presence indicators appended to s: one per temporal feature with cfg.presence, else 0."""
+    """Number P of presence indicators the static decoder predicts: one per temporal feature with cfg.presence."""
     return layout.temporal.n if cfg.presence else 0
 
 
@@ -166,7 +167,8 @@ def latent_gaussian(out: torch.Tensor, min_sigma: float) -> tuple[torch.Tensor, 
 
 
 def objective(cfg: TCVAEConfig, layout: Layout, *, mode: str, ae: AEConfig | None = None) -> Objective:
-    """Per-stay negative ELBO; batch has x (B, T, X), s (B, S), y (B, Y) and scalar beta."""
+    """Per-stay negative ELBO; batch has x (B, T, X), s (B, S), y (B, Y), scalar beta and, with presence
+    indicators, e (B, P)."""
     if mode not in ("latent", "direct"):
         raise ValueError(f"unknown TCVAE mode {mode!r}")
     ae = ae or AEConfig()
@@ -186,13 +188,11 @@ def objective(cfg: TCVAEConfig, layout: Layout, *, mode: str, ae: AEConfig | Non
                                 lambda_cat=ae.lambda_cat, lambda_mask=ae.lambda_mask, lambda_carry=ae.lambda_carry)
             noise = torch.zeros_like(rec)  # the heads' noise term is inside heads_loss
         rec_s = torch.zeros_like(rec)
-        if model.s_dim:
-            st = model.decode_static(u, y)                            # (B, S_out + P)
-            if model.s_out:
-                rec_s = rec_s + heads_loss(st[:, :model.s_out], s[:, :layout.s_dim], layout.static)[0]
-            if model.n_presence:  # presence indicators e (B, P): Bernoulli NLL
-                rec_s = rec_s + F_.binary_cross_entropy_with_logits(
-                    st[:, model.s_out:], s[:, layout.s_dim:], reduction="none").sum(1)
+        if model.s_out:
+            rec_s = rec_s + heads_loss(model.decode_static(u, y)[:, :model.s_out], s, layout.static)[0]
+        if model.n_presence:  # presence indicators e (B, P): Bernoulli NLL, read off a detached u
+            logits = model.decode_static(u.detach(), y)[:, model.s_out:]
+            rec_s = rec_s + F_.binary_cross_entropy_with_logits(logits, batch["e"], reduction="none").sum(1)
         mu_p, logvar_p = model.prior_params(y)                        # (B, U) each
         kl = 0.5 * (((mu - mu_p) ** 2 + logvar.exp()) * torch.exp(-logvar_p) - 1.0 + logvar_p - logvar).sum(1)
         beta = float(batch.get("beta", cfg.beta))
@@ -254,7 +254,7 @@ def sample(model: TCVAE, layout: Layout, y: torch.Tensor, *, generator: torch.Ge
            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Ancestral sample for label codes y (B, Y): u ~ p(u|y) (or the given ``u`` (B, U), e.g. drawn from the
     site-moment mixture), s ~ p(s|u,y), outputs of p(h|u,y,s). With presence indicators, the static draws hold
-    them as ``presence`` (B, P) bool (drawn like the static mask, ``mask_mode``).
+    them as ``presence`` (B, P) bool (e ~ p(e|u,y), drawn like the static mask, ``mask_mode``).
 
     ``static_hook`` may edit the static draws (e.g. to condition on a given age) before they feed the
     sequence decoder. ``decode`` replaces model.decode (e.g. fedehr.models.gru_decoder.GRUDecoder.decode).
@@ -263,20 +263,15 @@ def sample(model: TCVAE, layout: Layout, y: torch.Tensor, *, generator: torch.Ge
     if u is None:
         mu_p, logvar_p = model.prior_params(y)
         u = mu_p + torch.exp(0.5 * logvar_p) * torch.randn(mu_p.shape, generator=generator, device=y.device)
-    if model.s_dim:
+    draws, s = {}, u.new_zeros((u.shape[0], 0))
+    if model.s_out or model.n_presence:
         st = model.decode_static(u, y)                                # (B, S_out + P)
-        draws, parts = {}, []
         if model.s_out:
             draws = sample_heads(st[:, :model.s_out], layout.static, generator=generator, mask_mode=mask_mode,
                                  binary_mode=binary_mode, numeric_mode=numeric_mode)
             if static_hook is not None:
                 draws = static_hook(draws)
-            parts.append(draws_to_encoding(draws, layout.static))
+            s = draws_to_encoding(draws, layout.static)
         if model.n_presence:
-            e = draw_bernoulli(torch.sigmoid(st[:, model.s_out:]), mask_mode, generator)  # (B, P) bool
-            draws["presence"] = e
-            parts.append(e.to(st.dtype))
-        s = torch.cat(parts, -1)
-    else:
-        draws, s = {}, u.new_zeros((u.shape[0], 0))
+            draws["presence"] = draw_bernoulli(torch.sigmoid(st[:, model.s_out:]), mask_mode, generator)  # (B, P)
     return (decode or model.decode)(u, y, s), draws
