@@ -101,6 +101,7 @@ def test_array_metrics_best_on_identical_and_order_invariant(real_sets):
     x_tr = stay_summaries(tr.values, tr.counts, tr.static)
     x_syn = stay_summaries(syn.values, syn.counts, syn.static)
     assert np.all(fid.missingness_gap(tr.counts, tr.counts) == 0)
+    assert np.all(fid.presence_gap(tr.counts, tr.counts) == 0)
     assert np.all(np.nan_to_num(fid.measurement_rate_gap(tr.counts, tr.counts)) == 0)
     assert fid.correlation_distance(x_tr, x_tr) == 0.0
     assert np.nanmax(fid.autocorrelation_gap(tr.values, tr.values, sc)) == 0.0
@@ -111,12 +112,27 @@ def test_array_metrics_best_on_identical_and_order_invariant(real_sets):
     # order invariance (exact up to float summation order)
     np.testing.assert_allclose(fid.missingness_gap(tr.counts, syn.counts[p]),
                                fid.missingness_gap(tr.counts, syn.counts))
+    np.testing.assert_allclose(fid.presence_gap(tr.counts, syn.counts[p]), fid.presence_gap(tr.counts, syn.counts))
     assert fid.correlation_distance(x_tr, x_syn[p]) == pytest.approx(fid.correlation_distance(x_tr, x_syn))
     np.testing.assert_allclose(fid.autocorrelation_gap(tr.values, syn.values[p], sc),
                                fid.autocorrelation_gap(tr.values, syn.values, sc), atol=1e-12)
     # ranges
     assert 0.0 <= fid.correlation_distance(x_tr, x_syn) <= 2.0
     assert np.nanmax(fid.autocorrelation_gap(tr.values, syn.values, sc)) <= 2.0
+
+
+def test_presence_gap_sees_what_the_missingness_gap_cannot():
+    """A feature charted every hour in a quarter of the stays against one charted in a quarter of the hours of
+    every stay: equal observed fractions (missingness gap 0), presence 0.25 against 1."""
+    real = np.zeros((8, 4, 2), dtype=np.int32)
+    real[:2, :, 0] = 1                       # feature 0: stays 0-1, every hour
+    real[:, 0, 1] = 1                        # feature 1: every stay, first hour
+    syn = np.zeros_like(real)
+    syn[:, 1, 0] = 1                         # feature 0: every stay, one hour in four
+    syn[:, 0, 1] = 2                         # feature 1: same presence, other counts
+    np.testing.assert_allclose(fid.missingness_gap(real, syn), [0.0, 0.0])
+    np.testing.assert_allclose(fid.presence_fraction(real), [0.25, 1.0])
+    np.testing.assert_allclose(fid.presence_gap(real, syn), [0.75, 0.0])
 
 
 @FAST

@@ -70,6 +70,20 @@ def missingness_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -> np.ndarr
     return np.abs(observed_fraction(real_counts) - observed_fraction(syn_counts))
 
 
+def presence_fraction(counts: np.ndarray) -> np.ndarray:
+    """(N, T, F) counts -> (F,) share of stays that measure the feature at least once, in [0, 1]."""
+    return (counts > 0).any(axis=1).mean(axis=0)
+
+
+def presence_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -> np.ndarray:
+    """Per-feature |share of stays ever measuring it, real - synthetic|: what ``missingness_gap`` cannot see
+    when a feature is measured often in few stays (real) or rarely in every stay (synthetic).
+
+    real_counts (N, T, F), syn_counts (M, T, F). Returns (F,) in [0, 1]. Lower is better.
+    """
+    return np.abs(presence_fraction(real_counts) - presence_fraction(syn_counts))
+
+
 def measurements_per_bin(counts: np.ndarray) -> np.ndarray:
     """(N, T, F) -> (F,) mean measurement count over observed bins (>= 1), NaN for never-observed features."""
     obs = counts > 0

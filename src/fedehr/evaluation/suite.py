@@ -117,6 +117,15 @@ def _missingness(inp: Inputs) -> Result:
             "observed_syn": dict(zip(names, fs.tolist(), strict=True))}
 
 
+def _presence(inp: Inputs) -> Result:
+    names = inp.train.schema.temporal_names
+    pr, ps = fid.presence_fraction(inp.train.counts), fid.presence_fraction(inp.syn.counts)
+    gap = np.abs(pr - ps)
+    return {"value": float(gap.mean()), "per_feature": dict(zip(names, gap.tolist(), strict=True)),
+            "present_real": dict(zip(names, pr.tolist(), strict=True)),
+            "present_syn": dict(zip(names, ps.tolist(), strict=True))}
+
+
 def _meas_rate(inp: Inputs) -> Result:
     names = inp.train.schema.temporal_names
     mr, ms = fid.measurements_per_bin(inp.train.counts), fid.measurements_per_bin(inp.syn.counts)
@@ -346,6 +355,8 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
                "mean total-variation gap of binary/categorical features (temporal observed values + static)"),
     MetricSpec("missingness_gap", _missingness, "fidelity", "min", 0.0, 0.05,
                "mean |observed fraction real - synthetic| over temporal features"),
+    MetricSpec("presence_gap", _presence, "fidelity", "min", 0.0, 0.05,
+               "mean |share of stays that ever measure the feature, real - synthetic| over temporal features"),
     MetricSpec("measurement_rate_gap", _meas_rate, "fidelity", "min", 0.0, 0.1,
                "mean |measurements per observed bin, real - synthetic|", bounds=(0.0, math.inf)),
     MetricSpec("dimension_wise_r", _dimwise_r, "fidelity", "max", 1.0, 0.9,
@@ -461,7 +472,7 @@ def _families(results: dict[str, Result]) -> dict[str, dict[str, Result]]:
 def _per_feature(pooled: dict[str, Result], inp: Inputs) -> dict[str, dict[str, float]]:
     names = [*inp.train.schema.temporal_names, *(f"static:{n}" for n in inp.train.schema.static_names)]
     table: dict[str, dict[str, float]] = {n: {} for n in names}
-    for metric in ("wasserstein", "ks", "prevalence_gap", "missingness_gap", "measurement_rate_gap",
+    for metric in ("wasserstein", "ks", "prevalence_gap", "missingness_gap", "presence_gap", "measurement_rate_gap",
                    "autocorrelation_gap", "trajectory_gap"):
         for feat, v in pooled.get(metric, {}).get("per_feature", {}).items():
             table[feat][metric] = v
