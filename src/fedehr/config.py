@@ -113,8 +113,9 @@ class AEConfig(_Section):
     lambda_bin: float = _f(1.0, "weight of the BCE of observed binary values", min=0.0)
     lambda_cat: float = _f(1.0, "weight of the cross-entropy of observed categorical values", min=0.0)
     lambda_mask: float = _f(1.0, "weight of the BCE of the observation mask", min=0.0)
-    lambda_carry: float = _f(0.1, "weight pulling numeric means towards the last measured value in unmeasured bins "
-                             "(so values drawn there are plausible)", min=0.0)
+    lambda_carry: float = _f(1.0, "weight pulling numeric means towards the last measured value in unmeasured bins "
+                             "(so values drawn there are plausible, and sparse labs weigh in the loss as much as "
+                             "hourly vitals; docs/methods.md §4)", min=0.0)
 
 
 @dataclass(frozen=True)
