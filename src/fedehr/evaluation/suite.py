@@ -108,22 +108,21 @@ def _prevalence(inp: Inputs) -> Result:
     return out
 
 
-def _missingness(inp: Inputs) -> Result:
+def _share_gap(inp: Inputs, share: Callable[[np.ndarray], np.ndarray], keys: tuple[str, str]) -> Result:
+    """Mean over temporal features of |share(real counts) − share(synthetic counts)|, with both shares."""
     names = inp.train.schema.temporal_names
-    fr, fs = fid.observed_fraction(inp.train.counts), fid.observed_fraction(inp.syn.counts)
+    fr, fs = share(inp.train.counts), share(inp.syn.counts)
     gap = np.abs(fr - fs)
     return {"value": float(gap.mean()), "per_feature": dict(zip(names, gap.tolist(), strict=True)),
-            "observed_real": dict(zip(names, fr.tolist(), strict=True)),
-            "observed_syn": dict(zip(names, fs.tolist(), strict=True))}
+            keys[0]: dict(zip(names, fr.tolist(), strict=True)), keys[1]: dict(zip(names, fs.tolist(), strict=True))}
+
+
+def _missingness(inp: Inputs) -> Result:
+    return _share_gap(inp, fid.observed_fraction, ("observed_real", "observed_syn"))
 
 
 def _presence(inp: Inputs) -> Result:
-    names = inp.train.schema.temporal_names
-    pr, ps = fid.presence_fraction(inp.train.counts), fid.presence_fraction(inp.syn.counts)
-    gap = np.abs(pr - ps)
-    return {"value": float(gap.mean()), "per_feature": dict(zip(names, gap.tolist(), strict=True)),
-            "present_real": dict(zip(names, pr.tolist(), strict=True)),
-            "present_syn": dict(zip(names, ps.tolist(), strict=True))}
+    return _share_gap(inp, fid.presence_fraction, ("present_real", "present_syn"))
 
 
 def _meas_rate(inp: Inputs) -> Result:
