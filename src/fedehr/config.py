@@ -143,10 +143,11 @@ class TCVAEConfig(_Section):
         "stays are encoded and decoded as its own, and sampling gives a stay the site of the prior component "
         "its u came from (docs/methods.md §5)")
     presence: bool = _f(
-        False, "model which temporal features a stay ever measures: per-stay indicators e_f = [feature f observed "
-        "at least once] join the static features (encoded, decoded per site, drawn when sampling), and a drawn "
-        "stay observes a feature in at least one hour when e_f = 1 and in none when e_f = 0. Off by default: it "
-        "makes per-stay missingness faithful but cost 0.02 TSTR AUROC in our ablation (docs/methods.md §5)")
+        False, "model which temporal features a stay ever measures: the static decoder (per site) also predicts "
+        "per-stay indicators e_f = [feature f observed at least once] from a detached u, sampling draws them with "
+        "the statics, and a drawn stay observes a feature in at least one hour when e_f = 1 and in none when "
+        "e_f = 0. Off by default: it makes per-stay missingness faithful but cost 0.02 TSTR AUROC in our "
+        "ablation (docs/methods.md §5)")
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,9 @@ class SamplingConfig(_Section):
                              "lag-1 sums in the stats round); noise_rho then applies to the latent noise only")
     latent_noise: float = _f(0.5, "scale of the TCVAE's learned per-step noise σ̂ added to latent codes before "
                              "the AE decodes them (0: decode the mean trajectory)", min=0.0)
-    noise_rho: float = _f(0.9, "lag-1 autocorrelation of the sampling noise along time (latent and numeric; AR(1)); "
-                          "0 draws it independently per bin", min=0.0, max=0.99)
+    noise_rho: float = _f(0.9, "lag-1 autocorrelation of the sampling noise along time (AR(1)): the latent noise's, "
+                          "and the numeric noise's unless calibrate_acf fits one per feature; 0 draws it "
+                          "independently per bin", min=0.0, max=0.99)
     prior: Literal["site-moments", "learned"] = _f(
         "site-moments", "where u comes from when sampling: 'site-moments' draws from a mixture of Gaussians, one per "
         "(site, label pattern), built from aggregate posterior moments the sites send after training (ex-post "
