@@ -227,16 +227,12 @@ def ar1_noise(shape: tuple[int, ...], rho: float | torch.Tensor, *, generator: t
     ε_t = ρ ε_{t−1} + √(1 − ρ²) η_t. ρ is one number or one per last-axis column (D,); ρ = 0 gives independent
     draws; tensors without a time axis ignore ρ."""
     eps = torch.randn(shape, generator=generator, device=device)
-    if len(shape) != 3:
+    if len(shape) != 3 or (not isinstance(rho, torch.Tensor) and rho <= 0):
         return eps
-    if isinstance(rho, torch.Tensor):
-        c = (1.0 - rho**2).sqrt()                                   # (D,)
-        for t in range(1, shape[1]):  # a loop over time steps, vectorised over stays and features
-            eps[:, t].mul_(c).addcmul_(eps[:, t - 1], rho)
-    elif rho > 0:
-        c = (1.0 - rho**2) ** 0.5
-        for t in range(1, shape[1]):
-            eps[:, t].mul_(c).add_(eps[:, t - 1], alpha=rho)
+    r = torch.as_tensor(rho, dtype=eps.dtype, device=eps.device)   # () or (D,)
+    c = (1.0 - r**2).sqrt()
+    for t in range(1, shape[1]):  # a loop over time steps, vectorised over stays and features
+        eps[:, t].mul_(c).addcmul_(eps[:, t - 1], r)
     return eps
 
 
