@@ -162,6 +162,9 @@ class StageConfig(_Section):
     grad_clip: float = _f(1.0, "max global gradient norm (0 disables clipping)", min=0.0)
     weight_decay: float = _f(0.0, "weight decay", min=0.0)
     optimizer: Literal["adam", "adamw", "sgd"] = _f("adam", "optimiser")
+    lr_schedule: Literal["constant", "cosine"] = _f(
+        "constant", "learning rate over the stage's epochs, all rounds together: constant, or a half cosine from "
+        "lr down to 0 (federated: the last rounds' local updates shrink, so sites drift less before averaging)")
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,8 @@ class GenWorkflow(PlannedWorkflow):
     def _make_ae_train(self, kind: tuple[Any, ...]) -> Task:
         r = kind[1]
         epochs = self.cfg.stage1.local_epochs if self.matching else stage1_epochs_per_round(self.cfg)
-        config: dict[str, Any] = {"epochs": epochs}
+        config: dict[str, Any] = {"epochs": epochs, "epoch_offset": r * epochs,
+                                  "total_epochs": self.cfg.stage1.rounds * epochs}
         if r == 0 and self.matching and self.cfg.matching.site_init == "independent":
             return self._task("ae-train", kind, {**config, "init": "site"})
         if self.ae is None:  # a common initialisation drawn by the server

@@ -35,11 +35,26 @@ class TrainConfig:
     grad_clip: float = 1.0
     weight_decay: float = 0.0
     optimizer: str = "adam"
+    lr_schedule: str = "constant"
+    epoch_offset: int = 0  # epochs of the stage run before this call (earlier rounds)
+    total_epochs: int = 0  # epochs of the whole stage; 0: this call's epochs
 
     @classmethod
-    def from_stage(cls, stage: StageConfig, *, epochs: int | None = None) -> TrainConfig:
+    def from_stage(cls, stage: StageConfig, *, epochs: int | None = None, epoch_offset: int = 0,
+                   total_epochs: int = 0) -> TrainConfig:
         return cls(epochs=stage.local_epochs if epochs is None else epochs, lr=stage.lr, grad_clip=stage.grad_clip,
-                   weight_decay=stage.weight_decay, optimizer=stage.optimizer)
+                   weight_decay=stage.weight_decay, optimizer=stage.optimizer, lr_schedule=stage.lr_schedule,
+                   epoch_offset=epoch_offset, total_epochs=total_epochs)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of this call's (0-based) epoch ``epoch``, placed in the stage by epoch_offset."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        if self.lr_schedule == "cosine":
+            total = self.total_epochs or self.epochs
+            e = min(self.epoch_offset + epoch, total - 1)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * e / total))
+        raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}")
 
 
 @dataclass
@@ -91,6 +106,9 @@ def train_local(model: nn.Module, objective: Objective, batches: Callable[[int],
     model.train()
     try:
         for epoch in range(cfg.epochs):
+            if cfg.lr_schedule != "constant":
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr_at(epoch)
             total, n, parts_sum = 0.0, 0, {}
             for batch in batches(epoch):
                 # Forward: per-example losses (B,).
