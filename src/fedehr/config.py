@@ -164,7 +164,8 @@ class StageConfig(_Section):
     optimizer: Literal["adam", "adamw", "sgd"] = _f("adam", "optimiser")
     lr_schedule: Literal["constant", "cosine"] = _f(
         "constant", "learning rate over the stage's epochs, all rounds together: constant, or a half cosine from "
-        "lr down to 0 (federated: the last rounds' local updates shrink, so sites drift less before averaging)")
+        "lr down to 0 (measured worse for FedEHR-Gen's stage 1, whose federated AE is short of steps rather than "
+        "drifting: docs/methods.md §4)")
 
 
 @dataclass(frozen=True)

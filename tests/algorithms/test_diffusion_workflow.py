@@ -209,3 +209,20 @@ def test_fit_codes_learns_code_prevalences() -> None:
     assert codes.cmd_pearson(x, s) < 0.15
     with pytest.raises(InputError):
         D.fit_codes(x, ehrdiff.EHRDiffConfig.tiny("series"), epochs=1)
+
+
+@pytest.mark.parametrize("method", ["cdmt-ehr", "latent-cdmt"])
+def test_training_tasks_carry_their_place_in_the_stage(method: str, train: Cohort) -> None:
+    """diffusion.stage.lr_schedule runs over all rounds: dm-train (and latent-cdmt's ae-train) tasks say which
+    epochs of their stage they cover, and a cosine schedule changes the trained weights."""
+    cfg = _cfg(method, stage={"local_epochs": 2})
+    wf, seen = _run(cfg, train)
+    dm = [(t.config["epochs"], t.config["epoch_offset"], t.config["total_epochs"]) for t, _ in seen
+          if t.action == "dm-train"]
+    assert dm == [(2, 0, 4), (2, 2, 4)]
+    if method == "latent-cdmt":
+        ae = [(t.config["epoch_offset"], t.config["total_epochs"]) for t, _ in seen if t.action == "ae-train"]
+        assert ae == [(0, 1)]
+    cosine, _ = _run(_cfg(method, stage={"local_epochs": 2, "lr_schedule": "cosine"}), train)
+    key = next(iter(wf.state["net"]))
+    assert not np.allclose(cosine.state["net"][key], wf.state["net"][key])

@@ -276,3 +276,26 @@ def test_evaluate_round_returns_only_site_metrics(cohorts):
     assert 0.0 <= ev["discriminative_gbm"] <= 1.0
     last = wf.metrics()["rounds"][-1]
     assert last["action"] == "evaluate"
+
+
+@pytest.mark.parametrize("method", ["fedehr-gen", "fedavg", "centralized"])
+def test_training_tasks_carry_their_place_in_the_stage(method, cohorts):
+    """stage.lr_schedule and the β warm-up run over a whole stage: every ae-train / tcvae-train task says which
+    epochs of the stage it covers, and a cosine schedule changes what the sites train."""
+    seen: list[tuple[str, int, int, int]] = []
+
+    def recording(task, ctx):
+        if task.action in ("ae-train", "tcvae-train"):
+            c = task.config
+            seen.append((task.action, int(c["epochs"]), int(c["epoch_offset"]), int(c["total_epochs"])))
+        return handle(task, ctx)
+
+    extra = ["stage1.local_epochs=2", "matching.retrain_epochs=0"]
+    wf, errors = _run(method, cohorts, extra, handler=recording)
+    assert not errors
+    for action, rounds in (("ae-train", 2), ("tcvae-train", 2)):
+        got = sorted({s for s in seen if s[0] == action})
+        e = got[0][1]
+        assert got == [(action, e, r * e, rounds * e) for r in range(rounds)]
+    cosine, _ = _run(method, cohorts, [*extra, "stage1.lr_schedule=cosine"])
+    assert not np.allclose(cosine.ae["enc.0.weight"], wf.ae["enc.0.weight"])

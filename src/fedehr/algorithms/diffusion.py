@@ -162,7 +162,8 @@ class DiffusionWorkflow(PlannedWorkflow):
             arrays = prefixed(self.state["ae"], "ae/")
             if self.single and kind[1] > 0:
                 arrays.update(self.state.get("opt_ae", {}))
-            return self._task("ae-train", kind, {"epochs": self.cfg.stage1.local_epochs}, arrays)
+            return self._task("ae-train", kind, self._epochs(kind[1], self.cfg.stage1.local_epochs,
+                                                             self.cfg.stage1.rounds), arrays)
         if kind[0] == "latent-stats":
             return self._task("latent-stats", kind, arrays=self._encoder())
         if kind[0] == "dm-train":
@@ -189,8 +190,9 @@ class DiffusionWorkflow(PlannedWorkflow):
             arrays.update(self.state.get("opt", {}))
         d = self.cfg.diffusion
         mu = d.prox_mu if d.training == "fedprox" else 0.0
-        config = {"epochs": d.stage.local_epochs, "ema_step": self.ema_step, "prox_mu": mu,
-                  "n_classes": int(self.sampling["n_classes"]), "minmax": json.dumps(self.sampling["minmax"])}
+        config = {**self._epochs(kind[1], d.stage.local_epochs, d.stage.rounds), "ema_step": self.ema_step,
+                  "prox_mu": mu, "n_classes": int(self.sampling["n_classes"]),
+                  "minmax": json.dumps(self.sampling["minmax"])}
         return self._task("dm-train", kind, config, arrays)
 
     def _make_evaluate(self, kind: tuple[Any, ...]) -> Task:

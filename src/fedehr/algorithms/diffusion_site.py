@@ -157,8 +157,9 @@ def _dm_train(task: Task, ctx: SiteContext) -> Reply:
     ema = load_numpy_state(network(cfg, ctx.train.schema, n_classes), dict(task.arrays), "ema/").to(dev)
     cpu = torch.Generator().manual_seed(seed_for(ctx, task, "cpu"))
     gen = torch.Generator(device=dev).manual_seed(seed_for(ctx, task, "device"))
-    tc = TrainConfig(epochs=int(task.config["epochs"]), lr=d.stage.lr, grad_clip=d.stage.grad_clip,
-                     weight_decay=d.stage.weight_decay, optimizer=d.stage.optimizer)
+    tc = TrainConfig.from_stage(d.stage, epochs=int(task.config["epochs"]),
+                                epoch_offset=int(task.config.get("epoch_offset", 0)),
+                                total_epochs=int(task.config.get("total_epochs", 0)))
     opt = default_optimizer(list(model.parameters()), tc)
     if task.config.get("carry_optimizer"):
         optimizer_from_arrays(opt, dict(task.arrays))

@@ -193,8 +193,7 @@ class GenWorkflow(PlannedWorkflow):
     def _make_ae_train(self, kind: tuple[Any, ...]) -> Task:
         r = kind[1]
         epochs = self.cfg.stage1.local_epochs if self.matching else stage1_epochs_per_round(self.cfg)
-        config: dict[str, Any] = {"epochs": epochs, "epoch_offset": r * epochs,
-                                  "total_epochs": self.cfg.stage1.rounds * epochs}
+        config: dict[str, Any] = self._epochs(r, epochs, self.cfg.stage1.rounds)
         if r == 0 and self.matching and self.cfg.matching.site_init == "independent":
             return self._task("ae-train", kind, {**config, "init": "site"})
         if self.ae is None:  # a common initialisation drawn by the server
@@ -262,9 +261,7 @@ class GenWorkflow(PlannedWorkflow):
             arrays["latent_std"] = np.asarray(self.sampling["latent_std"], dtype=np.float32)
         if self.single and r > 0:
             arrays.update(self.opt)
-        e = self.cfg.stage2.local_epochs
-        config = {"epochs": e, "epoch_offset": r * e, "total_epochs": self.cfg.stage2.rounds * e,
-                  "sites": list(self.sites)}
+        config = {**self._epochs(r, self.cfg.stage2.local_epochs, self.cfg.stage2.rounds), "sites": list(self.sites)}
         return self._task("tcvae-train", kind, config, arrays)
 
     def _make_prior_stats(self, kind: tuple[Any, ...]) -> Task:

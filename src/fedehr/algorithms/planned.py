@@ -37,6 +37,12 @@ class PlannedWorkflow:
     def done(self) -> bool:
         return self.step >= len(self.plan)
 
+    @staticmethod
+    def _epochs(r: int, epochs: int, rounds: int) -> dict[str, int]:
+        """A training task's epochs and its place in the stage (round r of ``rounds``), for beta warm-up and
+        stage.lr_schedule, which run over the whole stage rather than one round."""
+        return {"epochs": epochs, "epoch_offset": r * epochs, "total_epochs": rounds * epochs}
+
     def _label(self, kind: tuple[Any, ...]) -> str:
         return str(kind[0])
 
