@@ -48,3 +48,11 @@ def test_train_local_applies_the_schedule_per_epoch():
     train_local(model, objective, lambda e: [{"x": torch.ones(2, 2)}], tc, generator=None, optimizer=opt)
     assert seen == pytest.approx([tc.lr_at(e) for e in range(3)])
     assert seen == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in (1, 2, 3)])
+
+
+def test_for_round_reads_a_tasks_position():
+    stage = Stage1Config(lr=0.5, lr_schedule="cosine")
+    tc = TrainConfig.for_round(stage, {"epochs": 3, "epoch_offset": 6, "total_epochs": 9})
+    assert (tc.epochs, tc.epoch_offset, tc.total_epochs, tc.lr, tc.lr_schedule) == (3, 6, 9, 0.5, "cosine")
+    whole = TrainConfig.for_round(stage, {"epochs": 4})  # no position: the call is the whole stage
+    assert (whole.epoch_offset, whole.total_epochs) == (0, 0) and whole.lr_at(0) == 0.5

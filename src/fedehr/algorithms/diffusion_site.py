@@ -157,9 +157,7 @@ def _dm_train(task: Task, ctx: SiteContext) -> Reply:
     ema = load_numpy_state(network(cfg, ctx.train.schema, n_classes), dict(task.arrays), "ema/").to(dev)
     cpu = torch.Generator().manual_seed(seed_for(ctx, task, "cpu"))
     gen = torch.Generator(device=dev).manual_seed(seed_for(ctx, task, "device"))
-    tc = TrainConfig.from_stage(d.stage, epochs=int(task.config["epochs"]),
-                                epoch_offset=int(task.config.get("epoch_offset", 0)),
-                                total_epochs=int(task.config.get("total_epochs", 0)))
+    tc = TrainConfig.for_round(d.stage, task.config)
     opt = default_optimizer(list(model.parameters()), tc)
     if task.config.get("carry_optimizer"):
         optimizer_from_arrays(opt, dict(task.arrays))

@@ -233,9 +233,7 @@ def _ae_train(task: Task, ctx: SiteContext) -> Reply:
     else:
         model = _ae(cfg, layout, dict(task.arrays), _device(ctx))
     params = model.params_above(int(task.config["frozen_upto"])) if retrain else list(model.parameters())
-    tc = TrainConfig.from_stage(cfg.stage1, epochs=int(task.config["epochs"]),
-                                epoch_offset=int(task.config.get("epoch_offset", 0)),
-                                total_epochs=int(task.config.get("total_epochs", 0)))
+    tc = TrainConfig.for_round(cfg.stage1, task.config)
     opt = _optimizer(task, model, params, tc)
     stats = train_local(model, ae_mod.objective(cfg.ae, layout),
                         shuffled_batches({"x": data["x"]}, cfg.stage1.batch_size, generator=cpu), tc,
@@ -276,7 +274,7 @@ def _tcvae_train(task: Task, ctx: SiteContext) -> Reply:
     model.to(_device(ctx))
     cpu, dev = _generators(ctx, task)
     offset, total = int(task.config["epoch_offset"]), int(task.config["total_epochs"])
-    tc = TrainConfig.from_stage(cfg.stage2, epochs=int(task.config["epochs"]), epoch_offset=offset, total_epochs=total)
+    tc = TrainConfig.for_round(cfg.stage2, task.config)
     opt = _optimizer(task, model, list(model.parameters()), tc)
     batches = shuffled_batches(data, cfg.stage2.batch_size, generator=cpu,
                                extra=lambda e: {"beta": beta_schedule(cfg, offset + e, total)})

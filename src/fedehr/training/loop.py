@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,13 @@ class TrainConfig:
         return cls(epochs=stage.local_epochs if epochs is None else epochs, lr=stage.lr, grad_clip=stage.grad_clip,
                    weight_decay=stage.weight_decay, optimizer=stage.optimizer, lr_schedule=stage.lr_schedule,
                    epoch_offset=epoch_offset, total_epochs=total_epochs)
+
+    @classmethod
+    def for_round(cls, stage: StageConfig, position: Mapping[str, Any]) -> TrainConfig:
+        """From a training task's ``epochs`` and its place in the stage (``epoch_offset``, ``total_epochs``;
+        absent: the call is the whole stage), as the server workflows send them."""
+        return cls.from_stage(stage, epochs=int(position["epochs"]), epoch_offset=int(position.get("epoch_offset", 0)),
+                              total_epochs=int(position.get("total_epochs", 0)))
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of this call's (0-based) epoch ``epoch``, placed in the stage by epoch_offset."""
