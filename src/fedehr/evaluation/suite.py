@@ -125,6 +125,12 @@ def _presence(inp: Inputs) -> Result:
     return _share_gap(inp, fid.presence_fraction, ("present_real", "present_syn"))
 
 
+def _observed_bins(inp: Inputs) -> Result:
+    names = inp.train.schema.temporal_names
+    gap = fid.observed_bins_gap(inp.train.counts, inp.syn.counts)
+    return {"value": float(gap.mean()), "per_feature": dict(zip(names, gap.tolist(), strict=True))}
+
+
 def _meas_rate(inp: Inputs) -> Result:
     names = inp.train.schema.temporal_names
     mr, ms = fid.measurements_per_bin(inp.train.counts), fid.measurements_per_bin(inp.syn.counts)
@@ -356,6 +362,8 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
                "mean |observed fraction real - synthetic| over temporal features"),
     MetricSpec("presence_gap", _presence, "fidelity", "min", 0.0, 0.05,
                "mean |share of stays that ever measure the feature, real - synthetic| over temporal features"),
+    MetricSpec("observed_bins_gap", _observed_bins, "fidelity", "min", 0.0, 0.05,
+               "mean per-feature Wasserstein-1 of the share of a stay's bins that measure the feature"),
     MetricSpec("measurement_rate_gap", _meas_rate, "fidelity", "min", 0.0, 0.1,
                "mean |measurements per observed bin, real - synthetic|", bounds=(0.0, math.inf)),
     MetricSpec("dimension_wise_r", _dimwise_r, "fidelity", "max", 1.0, 0.9,
@@ -471,8 +479,8 @@ def _families(results: dict[str, Result]) -> dict[str, dict[str, Result]]:
 def _per_feature(pooled: dict[str, Result], inp: Inputs) -> dict[str, dict[str, float]]:
     names = [*inp.train.schema.temporal_names, *(f"static:{n}" for n in inp.train.schema.static_names)]
     table: dict[str, dict[str, float]] = {n: {} for n in names}
-    for metric in ("wasserstein", "ks", "prevalence_gap", "missingness_gap", "presence_gap", "measurement_rate_gap",
-                   "autocorrelation_gap", "trajectory_gap"):
+    for metric in ("wasserstein", "ks", "prevalence_gap", "missingness_gap", "presence_gap", "observed_bins_gap",
+                   "measurement_rate_gap", "autocorrelation_gap", "trajectory_gap"):
         for feat, v in pooled.get(metric, {}).get("per_feature", {}).items():
             table[feat][metric] = v
     for key in ("observed_real", "observed_syn"):
