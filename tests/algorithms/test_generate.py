@@ -16,6 +16,7 @@ from fedehr.algorithms.generate import (
     calibrate_acf,
     calibrate_mask,
     load_generator,
+    mask_gain_grid,
     sample,
 )
 from fedehr.algorithms.registry import make_workflow
@@ -27,7 +28,8 @@ from fedehr.threads import block_seed
 
 TINY = ["device=cpu", "eval_sample=0", "ae.hidden=[8, 4]", "ae.latent=3", "tcvae.hidden=8", "tcvae.latent=3",
         "tcvae.cond_dim=4", "tcvae.time_dim=4", "stage1.rounds=1", "stage1.batch_size=16", "stage2.rounds=2",
-        "stage2.batch_size=16", "matching.sweeps=1", "tcvae.presence=true"]
+        "stage2.batch_size=16", "matching.sweeps=1", "tcvae.presence=true",
+        "sampling.calibrate_within=true"]  # on here so that the fast-path test covers the within-stay scaling
 
 
 def _train(method, out, extra=()):
@@ -134,10 +136,13 @@ def test_mask_calibration_hits_its_targets(run_dir):
     out, _ = run_dir
     gen = load_generator(out)
     gen.sampling.pop("mask_bias", None)
+    gen.sampling.pop("mask_scale", None)  # rate only: the gains stay 1
     seen = np.isfinite(gen.sample(4000, seed=5).values).any(axis=1).mean(0)       # (F,) P_f
     t = gen.schema.n_bins
     target = seen / t + np.array([0.7, 0.5, 0.2, 0.05, 0.3]) * (seen - seen / t)
-    gen.sampling["mask_bias"] = calibrate_mask(gen, target, n=2000, seed=0).tolist()
+    bias, gain = calibrate_mask(gen, target, n=2000, seed=0)
+    np.testing.assert_array_equal(gain, 1.0)
+    gen.sampling["mask_bias"] = bias.tolist()
     syn = gen.sample(4000, seed=5)
     np.testing.assert_array_equal(np.isfinite(syn.values).any(axis=1).mean(0), seen)  # same presence draws
     # The calibration met the target on its own 2000 stays, whose presence rates differ from this sample's by
@@ -153,10 +158,60 @@ def test_mask_calibration_without_presence(tmp_path):
     gen = load_generator(tmp_path / "np")
     assert gen.tcvae.n_presence == 0
     gen.sampling.pop("mask_bias", None)
+    gen.sampling.pop("mask_scale", None)
     target = np.array([0.9, 0.5, 0.2, 0.05, 0.3])
-    gen.sampling["mask_bias"] = calibrate_mask(gen, target, n=2000, seed=0).tolist()
+    gen.sampling["mask_bias"] = calibrate_mask(gen, target, n=2000, seed=0)[0].tolist()
     rate = np.isfinite(gen.sample(4000, seed=5).values).mean(axis=(0, 1))
     np.testing.assert_allclose(rate, target, atol=0.02)
+
+
+@pytest.mark.parametrize("presence", [False, True])
+def test_dispersion_calibration_matches_both_moments(tmp_path, presence):
+    """With target_sq the gains a_f and offsets b_f give a fresh sample the requested mean AND mean square of
+    o_f (observed bins per stay). The targets are this generator's own moments at known gains and offsets, so
+    they are reachable; an unreachable spread gets the nearest the gain grid offers."""
+    from fedehr.algorithms.generate import _observed_bin_moments
+
+    _train("fedehr-gen", tmp_path / "r", [f"tcvae.presence={str(presence).lower()}"])
+    gen = load_generator(tmp_path / "r")
+    gen.sampling.pop("mask_bias", None)
+    gen.sampling.pop("mask_scale", None)
+    t = gen.schema.n_bins
+    heads, pres = _calibration_heads(gen, 3000, 0, gen._plan("cpu", calibrated=False), keep=1)
+    z = heads[0]                                                            # (n, T, F) uncalibrated logits
+    a_ref = torch.as_tensor(mask_gain_grid()[[0, 5, 22, 16, 19]], dtype=torch.float32)  # calibrate_mask's gains
+    m_ref, sq_ref = _observed_bin_moments(z.float() * a_ref + torch.tensor([0.5, -1.0, 0.0, 1.0, -0.5]), pres)
+    bias, gain = calibrate_mask(gen, m_ref.numpy() / t, sq_ref.numpy(), n=3000, seed=0)
+    gen.sampling["mask_bias"], gen.sampling["mask_scale"] = bias.tolist(), gain.tolist()
+    o = np.isfinite(gen.sample(6000, seed=11).values).sum(axis=1).astype(np.float64)  # (n, F)
+    # Presence draws differ between the two samples by sampling noise: compare moments per present stay.
+    p_new = (o > 0).mean(0) if presence else 1.0
+    p_ref = pres.double().mean(0).numpy() if presence else 1.0
+    np.testing.assert_allclose(o.mean(0) / p_new, m_ref.numpy() / p_ref, rtol=0.03)
+    np.testing.assert_allclose((o * o).mean(0) / p_new, sq_ref.numpy() / p_ref, rtol=0.06)
+    # A spread out of reach (0): the gains give the least spread on the grid, no more than gain 1's.
+    bias0, gain0 = calibrate_mask(gen, m_ref.numpy() / t, np.zeros(5), n=3000, seed=0)
+    bias1, _ = calibrate_mask(gen, m_ref.numpy() / t, n=3000, seed=0)
+    least = _observed_bin_moments(z.float() * torch.as_tensor(gain0, dtype=torch.float32) + torch.as_tensor(
+        bias0, dtype=torch.float32), pres)[1]
+    at_one = _observed_bin_moments(z.float() + torch.as_tensor(bias1, dtype=torch.float32), pres)[1]
+    assert (least <= at_one + 1e-4).all() and (gain0 != 1.0).any()
+
+
+def test_observed_bin_moments_match_a_simulation():
+    """The closed-form E[o] and E[o²] of the mask draw (with and without presence) against Monte Carlo."""
+    from fedehr.algorithms.generate import _observed_bin_moments
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn((50, 6, 3), generator=g, dtype=torch.float64) * 2 - 1         # (n, T, F)
+    pres = torch.rand((50, 3), generator=g) < 0.7
+    draws = torch.rand((4000, 50, 6, 3), generator=g, dtype=torch.float64) < torch.sigmoid(z)
+    k = draws.sum(2).double()                                                     # (R, n, F)
+    for e in (None, pres):
+        o = k if e is None else (k + (k == 0)) * e
+        m, sq = _observed_bin_moments(z, e)
+        np.testing.assert_allclose(m.numpy(), o.mean((0, 1)).numpy(), rtol=0.02)
+        np.testing.assert_allclose(sq.numpy(), (o * o).mean((0, 1)).numpy(), rtol=0.03)
 
 
 def test_acf_calibration_hits_its_targets(run_dir):
@@ -223,6 +278,9 @@ def _assert_matches_reference(gen, n=60, seed=4):
                 out = gen.ae.decode(h * torch.tensor(gen.sampling["latent_std"], dtype=torch.float32)
                                     + torch.tensor(gen.sampling["latent_mean"], dtype=torch.float32))
             bias = gen.sampling.get("mask_bias")
+            gain = gen.sampling.get("mask_scale")
+            if gain is not None:
+                out[..., lay.temporal.s_mask] *= torch.as_tensor(np.asarray(gain, np.float32)[lay.temporal.order])
             if bias is not None:
                 out[..., lay.temporal.s_mask] += torch.as_tensor(np.asarray(bias, np.float32)[lay.temporal.order])
             d = sample_heads(out, lay.temporal, generator=None, mask_mode="threshold", binary_mode="threshold",
@@ -237,7 +295,16 @@ def _assert_matches_reference(gen, n=60, seed=4):
             lo = torch.tensor([s.valid_min for s in gen.schema.temporal], dtype=torch.float32)
             hi = torch.tensor([s.valid_max for s in gen.schema.temporal], dtype=torch.float32)
             v, _ = to_tensors(d, lay.temporal, NumericInverse(gen.normaliser.temporal, lay.temporal), lo, hi)
-            values.append(v.numpy())
+            v = v.numpy()
+            lam = gen.sampling.get("within_scale")
+            assert lam is not None and np.any(np.asarray(lam) != 1.0)  # TINY: the scaling is part of the path
+            # x̄ + λ (x − x̄) per stay over observed bins, clipped (numeric features)
+            num = np.array([s.kind == "numeric" for s in gen.schema.temporal])
+            lam = np.where(num, np.asarray(lam, np.float32), 1.0).astype(np.float32)
+            k = np.isfinite(v).sum(axis=1, keepdims=True)
+            m = np.nansum(v, axis=1, keepdims=True) / np.maximum(k, 1)
+            v = np.clip(m + lam * (v - m), lo.numpy(), hi.numpy())
+            values.append(v)
             lg = np.empty(v.shape, dtype=np.float32)
             lg[..., lay.temporal.order] = out[..., lay.temporal.s_mask].numpy()
             logits.append(lg)

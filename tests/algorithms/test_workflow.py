@@ -78,7 +78,8 @@ def test_fedavg_matches_fedehr_gen_epoch_budget(cohorts):
 
 ALLOWED = ("ae/", "tcvae/", "opt/", "stats/")
 ALLOWED_EXACT = {"count_hist", "label_patterns", "count", "sum", "sumsq", "post_mean", "post_var",
-                 "prior_n", "prior_sum", "prior_sumsq", "acf_sums"}
+                 "prior_n", "prior_sum", "prior_sumsq", "acf_sums", "observed_sq",
+                 "within_sums"}
 
 
 @pytest.mark.parametrize("method", ["fedehr-gen", "centralized"])
@@ -246,6 +247,58 @@ def test_acf_calibration_runs_from_site_sums(cohorts):
     assert sorted(last["numeric_rho"]) == sorted(cohorts[0].schema.temporal_names)
     wf2, _ = _run("fedavg", cohorts, ["sampling.calibrate_acf=false"])
     assert "numeric_rho" not in wf2.sampling and "acf_target" not in wf2.sampling
+
+
+def test_dispersion_calibration_runs_from_site_sums(cohorts):
+    """sampling.calibrate_dispersion: sites send Σ_i o_if² (no per-stay values); the run stores the pooled mean
+    square of observed bins per stay and one mask gain per temporal feature, and records them; off, or with
+    calibrate_mask off, neither is sent nor fitted."""
+    wf, errors = _run("fedavg", cohorts, [])  # on by default
+    assert not errors
+    o = (cohorts[0].counts > 0).sum(axis=1).astype(np.float64)  # (N, F) the pooled training stays, directly
+    np.testing.assert_allclose(wf.sampling["observed_sq"], (o * o).mean(0), rtol=1e-12)
+    gain = np.asarray(wf.sampling["mask_scale"])
+    assert gain.shape == (5,) and (gain >= 0).all() and (gain <= 4).all()
+    last = [e for e in wf.metrics()["rounds"] if e["action"] == "prior-stats"][-1]
+    assert sorted(last["mask_scale"]) == sorted(cohorts[0].schema.temporal_names)
+    for off in ("sampling.calibrate_dispersion=false", "sampling.calibrate_mask=false"):
+        wf2, _ = _run("fedavg", cohorts, [off])
+        assert "mask_scale" not in wf2.sampling and "observed_sq" not in wf2.sampling
+
+
+def test_within_calibration_runs_from_site_sums(cohorts):
+    """sampling.calibrate_within: sites send within-stay sums (no per-stay values); the run stores the pooled
+    within-stay variance and one scale per temporal feature (1 for non-numeric ones), and a fresh sample has the
+    target's within-stay variance where the scale is inside (0, 2); off (the default), neither is sent nor
+    fitted."""
+    from fedehr.data.fedstats import within_stay_sums
+
+    wf, errors = _run("fedavg", cohorts, ["sampling.calibrate_within=true"])
+    assert not errors
+    ws = within_stay_sums(cohorts[0].values)
+    want = ws[0] / ws[1]
+    np.testing.assert_allclose(np.array(wf.sampling["within_target"], dtype=np.float64), want, rtol=1e-9)
+    lam = np.asarray(wf.sampling["within_scale"])
+    num = np.array([s.kind == "numeric" for s in cohorts[0].schema.temporal])
+    assert (lam[~num] == 1.0).all() and ((lam >= 0) & (lam <= 2)).all()
+    last = [e for e in wf.metrics()["rounds"] if e["action"] == "prior-stats"][-1]
+    assert sorted(last["within_scale"]) == sorted(cohorts[0].schema.temporal_names)
+    got = within_stay_sums(wf.generator().sample(3000, seed=3).values)
+    inside = num & (lam > 0.05) & (lam < 1.95)
+    assert inside.any()
+    np.testing.assert_allclose((got[0] / got[1])[inside], want[inside], rtol=0.15)
+    wf2, _ = _run("fedavg", cohorts, [])  # off by default
+    assert "within_scale" not in wf2.sampling and "within_target" not in wf2.sampling
+
+
+def test_within_stay_sums_by_hand():
+    from fedehr.data.fedstats import within_stay_sums
+
+    v = np.full((2, 3, 2), np.nan)
+    v[0, :, 0] = [1.0, 3.0, np.nan]      # mean 2: deviations ±1
+    v[1, :, 0] = [5.0, 5.0, 8.0]         # mean 6: 1, 1, 4
+    v[1, 1, 1] = 7.0                     # one value: no deviation
+    np.testing.assert_allclose(within_stay_sums(v), [[2.0 + 6.0, 0.0], [5.0, 1.0]])
 
 
 def test_site_helpers_by_hand():

@@ -323,6 +323,13 @@ class GenWorkflow(PlannedWorkflow):
             raise FedEHRError("no training stay at any site has every outcome label known")
         n_temporal = len(self.schema.temporal)
         observed_rate = merged.count[:n_temporal] / max(int(merged.n_stays[0]) * self.schema.n_bins, 1)
+        if self.cfg.sampling.calibrate_within:  # pooled within-stay variance per temporal feature
+            ws = sum(np.asarray(r.arrays["within_sums"], dtype=np.float64) for r in got)  # (2, F)
+            var = np.where(ws[1] > 0, ws[0] / np.maximum(ws[1], 1), np.nan)
+            self.sampling["within_target"] = [None if not np.isfinite(v) else float(v) for v in var]
+        if self.cfg.sampling.fits_dispersion:  # E[o_f²] over all training stays
+            sq = sum(np.asarray(r.arrays["observed_sq"], dtype=np.float64) for r in got)
+            self.sampling["observed_sq"] = (sq / max(int(merged.n_stays[0]), 1)).tolist()
         self.sampling.update({"label_probs": (pats / pats.sum()).tolist(), "count_pmf": pmf.tolist(),
                               "observed_rate": observed_rate.tolist(),
                               "label_prevalence": merged.prevalence.tolist(), "labels": list(self.schema.labels)})
@@ -399,24 +406,37 @@ class GenWorkflow(PlannedWorkflow):
         entry.update(self._calibrate())  # calibrated under the prior that sampling uses
 
     def _calibrate(self) -> dict[str, dict[str, float]]:
-        """Fit the per-feature mask offsets (sampling.calibrate_mask), then the numeric noise autocorrelations
-        (sampling.calibrate_acf) of the current generator; returns what it fitted, by feature."""
-        from fedehr.algorithms.generate import calibrate_acf, calibrate_mask
+        """Fit the per-feature mask offsets and gains (sampling.calibrate_mask / calibrate_dispersion), then the
+        numeric noise autocorrelations (sampling.calibrate_acf), then the within-stay scales
+        (sampling.calibrate_within) of the current generator; returns what it fitted, by feature."""
+        from fedehr.algorithms.generate import calibrate_acf, calibrate_mask, calibrate_within
 
         assert self.schema is not None
         sc, out = self.cfg.sampling, {}
         self.sampling.pop("mask_bias", None)
+        self.sampling.pop("mask_scale", None)
+        self.sampling.pop("within_scale", None)
         self.sampling.pop("numeric_rho", None)
         names = self.schema.temporal_names
         if sc.calibrate_mask:
-            bias = calibrate_mask(self.generator(), np.asarray(self.sampling["observed_rate"]), seed=self.cfg.seed)
+            sq = np.asarray(self.sampling["observed_sq"]) if sc.fits_dispersion else None
+            bias, gain = calibrate_mask(self.generator(), np.asarray(self.sampling["observed_rate"]), sq,
+                                        seed=self.cfg.seed)
             self.sampling["mask_bias"] = bias.tolist()
             out["mask_bias"] = dict(zip(names, bias.tolist(), strict=True))
+            if sq is not None:
+                self.sampling["mask_scale"] = gain.tolist()
+                out["mask_scale"] = dict(zip(names, gain.tolist(), strict=True))
         if sc.calibrate_acf:
             target = np.array([np.nan if a is None else a for a in self.sampling["acf_target"]], dtype=np.float64)
             rho = calibrate_acf(self.generator(), target, seed=self.cfg.seed)
             self.sampling["numeric_rho"] = rho.tolist()
             out["numeric_rho"] = dict(zip(names, rho.tolist(), strict=True))
+        if sc.calibrate_within:  # last: it scales the values the calibrations above produce
+            target = np.array([np.nan if v is None else v for v in self.sampling["within_target"]], dtype=np.float64)
+            lam = calibrate_within(self.generator(), target, seed=self.cfg.seed)
+            self.sampling["within_scale"] = lam.tolist()
+            out["within_scale"] = dict(zip(names, lam.tolist(), strict=True))
         release_heap()  # the calibration draws are gone
         return out
 

@@ -248,11 +248,15 @@ class SyntheticGenerator:
         Autoencoder.decode = head ∘ (Linear → ReLU)*; it is checked against decode on a few codes every time."""
         sc = self.cfg.sampling
         bias = self.sampling.get("mask_bias") if calibrated else None
+        gain = self.sampling.get("mask_scale") if calibrated else None
+        within = self.sampling.get("within_scale") if calibrated else None
         pmf = self.sampling.get("count_pmf")
         rho = self.sampling.get("numeric_rho")  # per-feature ρ from sampling.calibrate_acf, else noise_rho
         sampler = TemporalSampler(self.schema.temporal, self.normaliser.temporal,
                                   None if pmf is None else np.asarray(pmf, dtype=np.float64),
                                   None if bias is None else np.asarray(bias, dtype=np.float64),
+                                  mask_scale=None if gain is None else np.asarray(gain, dtype=np.float64),
+                                  within_scale=None if within is None else np.asarray(within, dtype=np.float64),
                                   mask_mode=sc.mask, binary_mode=sc.binary, numeric_mode=sc.numeric,
                                   rho=sc.noise_rho if rho is None else np.asarray(rho, dtype=np.float64),
                                   device=device)
@@ -374,41 +378,82 @@ def _calibration_heads(gen: SyntheticGenerator, n: int, seed: int, plan: _Plan, 
     return [torch.cat(p) for p in zip(*parts, strict=True)], torch.cat(pres) if pres else None
 
 
-@torch.no_grad()
-def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000, seed: int = 0,
-                   iterations: int = 40) -> np.ndarray:
-    """Per-feature mask-logit offsets b_f (F,) such that the expected fraction of observed bins of feature f
-    equals target_f (bisection, |b| ≤ 20).
+def _observed_bin_moments(z: torch.Tensor, pres: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expected first and second moments of o_if, the observed bins of feature f in stay i, for mask logits z
+    (n, T, F), averaged over the n stays: (E[o], E[o²]), each (F,).
 
-    ``target`` (F,) is the federated fraction of observed bins per temporal feature; the logits ℓ come from
-    ``n`` stays drawn with labels from the federated label distribution. Without presence indicators the
-    expected fraction is mean_{i,t} σ(ℓ_itf + b_f). With them (TemporalSampler.draw) stay i observes nothing
-    when e_if = 0 and, when e_if = 1, each hour with p_itf = σ(ℓ_itf + b_f) plus one forced hour when none was
-    drawn: E[bins] = e_if (Σ_t p_itf + Π_t (1 − p_itf)), still increasing in b_f. Features never observed keep
-    b = 0.
+    Every hour is an independent Bernoulli(p = σ(z)), so K_if = Σ_t draws has E[K] = Σ_t p and
+    E[K²] = Σ_t p(1 − p) + (Σ_t p)². With presence indicators e_if (TemporalSampler.draw) o = e (K + [K = 0]):
+    a present feature with no hour drawn gets one forced hour, adding q = Π_t (1 − p) to both moments.
+    """
+    p = torch.sigmoid(z)
+    m = p.sum(1)                                                           # (n, F)
+    sq = (p * (1 - p)).sum(1) + m * m
+    if pres is None:
+        return m.mean(0), sq.mean(0)
+    q = F_.logsigmoid(-z).sum(1).exp()
+    e = pres.to(z.dtype)
+    return ((m + q) * e).mean(0), ((sq + q) * e).mean(0)
+
+
+@torch.no_grad()
+def mask_gain_grid(per_octave: int = 3, lowest: int = -5, highest: int = 2) -> np.ndarray:
+    """The gains a_f that :func:`calibrate_mask` tries: 0, then 2^(k / per_octave) for k from
+    lowest · per_octave to highest · per_octave (1/32 … 4 by default, 1 included): (G,) float64."""
+    return np.concatenate([[0.0], 2.0 ** (np.arange(lowest * per_octave, highest * per_octave + 1) / per_octave)])
+
+
+def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, target_sq: np.ndarray | None = None, *,
+                   n: int = 1000, seed: int = 0, iterations: int = 32, grid_stays: int = 300
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mask-logit offsets b_f and gains a_f, each (F,): sampling draws hour t of feature f with
+    p = σ(a_f ℓ_tf + b_f).
+
+    ``target`` (F,) is the federated fraction of observed bins per temporal feature; b_f is fitted by bisection
+    so that the expected fraction E[o_f] / T equals it, where o_f counts a stay's observed bins of feature f
+    (E[o_f] increases in b_f). The logits ℓ come from ``n`` stays drawn with labels from the federated label
+    distribution.
+
+    ``target_sq`` (F,), the federated mean of o_f² (sampling.calibrate_dispersion), also fits a_f: the spread of
+    per-stay counts, not only their mean. E[o_f²] at the fitted b_f is not monotone in a_f in general (sharper
+    logits spread counts between stays but concentrate them within a stay), so a_f is the value on
+    :func:`mask_gain_grid` whose E[o_f²] is nearest the target, searched on the first ``grid_stays`` of the
+    ``n`` stays (the moments of each gain cost a bisection; b_f is then refitted on all of them). a_f < 1
+    flattens logits that differ too much between stays, and a_f = 0 draws every hour with one p; a target out
+    of reach gets the nearest spread the grid gives. Without ``target_sq`` every a_f is 1. Both moments are
+    exact for the draw (:func:`_observed_bin_moments`, presence indicators included). Features never observed
+    keep a = 1, b = 0.
     """
     f = len(gen.schema.temporal)
     gen.to("cpu")
     plan = gen._plan("cpu", calibrated=False)
     heads, pres = _calibration_heads(gen, n, seed, plan, keep=1)
-    logits = heads[0].double()                                # (n, T, F) uncalibrated mask logits, schema order
+    logits = heads[0].float()                                 # (n, T, F) uncalibrated mask logits, schema order
     t = logits.shape[1]
-    tgt = torch.as_tensor(np.asarray(target, dtype=np.float64)).clamp(1e-6, 1 - 1e-6)
-    lo = torch.full((f,), -20.0, dtype=torch.float64)
-    hi = torch.full((f,), 20.0, dtype=torch.float64)
-    for _ in range(iterations):  # bisection on b: the expected rate is increasing in b
+    tgt = torch.as_tensor(np.asarray(target, dtype=np.float32)).clamp(1e-6, 1 - 1e-6) * t   # E[o] wanted
+    reach = logits.abs().amax((0, 1))                         # (F,) largest |ℓ|: brackets b for any gain
+
+    def fit(a: torch.Tensor, z: torch.Tensor, e: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gains a (F,) → offsets b (F,) meeting the mean on logits z, and the E[o²] they give."""
+        lo = -(20.0 + a * reach)
+        hi = -lo
+        for _ in range(iterations):
+            b = 0.5 * (lo + hi)
+            above = _observed_bin_moments(z * a + b, e)[0] > tgt
+            hi, lo = torch.where(above, b, hi), torch.where(above, lo, b)
         b = 0.5 * (lo + hi)
-        if pres is None:
-            rate = torch.sigmoid(logits + b).mean((0, 1))
-        else:
-            z = logits + b
-            per_stay = torch.sigmoid(z).sum(1) + F_.logsigmoid(-z).sum(1).exp()    # (n, F) expected bins
-            rate = (per_stay * pres).mean(0) / t
-        above = rate > tgt
-        hi, lo = torch.where(above, b, hi), torch.where(above, lo, b)
-    out_b = (0.5 * (lo + hi)).numpy()
-    out_b[np.asarray(target) <= 0] = 0.0
-    return out_b
+        return b, _observed_bin_moments(z * a + b, e)[1]
+
+    a = torch.ones(f)
+    if target_sq is not None:
+        sq = torch.as_tensor(np.asarray(target_sq, dtype=np.float32))
+        grid = torch.as_tensor(mask_gain_grid(), dtype=torch.float32)
+        z, e = logits[:grid_stays], None if pres is None else pres[:grid_stays]
+        err = torch.stack([(fit(torch.full((f,), float(g)), z, e)[1] - sq).abs() for g in grid])  # (G, F)
+        a = torch.where(torch.isfinite(sq), grid[err.argmin(0)], 1.0)
+    b, _ = fit(a, logits, pres)
+    seen = np.asarray(target) > 0
+    return (np.where(seen, b.double().numpy(), 0.0), np.where(seen, a.double().numpy(), 1.0))
 
 
 @torch.no_grad()
@@ -453,6 +498,29 @@ def calibrate_acf(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 600, 
         hi, lo = np.where(above, rho, hi), np.where(above, lo, rho)
     out[num] = (0.5 * (lo + hi))[num]
     return out
+
+
+WITHIN_MAX_SCALE = 2.0  # largest within-stay scale λ_f; larger would mostly amplify the sampling noise
+
+
+def calibrate_within(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """Per-feature within-stay scales λ_f (F,) such that x̄ + λ_f (x − x̄) (TemporalSampler) gives numeric
+    feature f the within-stay variance ``target`` (F,), the federated Σ (x − x̄_stay)² / observed bins
+    (fedstats.within_stay_sums).
+
+    Scaling the deviations from a stay's mean by λ scales their sum of squares by λ², so one sample of ``n``
+    stays drawn with λ = 1 gives λ_f = √(target_f / synthetic_f) in closed form (up to the clipping to valid
+    ranges), limited to [0, WITHIN_MAX_SCALE]. Non-numeric features, and features without a target or without
+    within-stay variation in the sample, keep 1.
+    """
+    from fedehr.data.fedstats import within_stay_sums
+
+    gen.sampling.pop("within_scale", None)
+    ws = within_stay_sums(gen.sample(n, seed=seed).values)                # (2, F)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lam = np.sqrt(np.asarray(target, dtype=np.float64) / (ws[0] / ws[1]))
+    num = np.array([s.kind == "numeric" for s in gen.schema.temporal])
+    return np.where(num & np.isfinite(lam), np.clip(lam, 0.0, WITHIN_MAX_SCALE), 1.0)
 
 
 def build_generator(cfg: ExperimentConfig, schema: Schema, normaliser: Normaliser,

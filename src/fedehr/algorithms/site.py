@@ -214,6 +214,11 @@ def _stats(task: Task, ctx: SiteContext) -> Reply:
     arrays = {f"stats/{k}": v for k, v in st.to_arrays().items()}
     arrays["count_hist"] = count_histogram(ctx.train.counts, cfg.sampling.max_count)
     arrays["label_patterns"] = label_patterns(ctx.train.labels)
+    if cfg.sampling.calibrate_within:  # Σ (x − x̄_stay)² and observed bins per feature: sums over stays
+        arrays["within_sums"] = fedstats.within_stay_sums(ctx.train.values)
+    if cfg.sampling.fits_dispersion:  # Σ_i o_if² (F,): with the observed counts, the spread of o_if
+        o = (ctx.train.counts > 0).sum(axis=1, dtype=np.int64)            # (N, F) observed bins per stay
+        arrays["observed_sq"] = (o * o).sum(axis=0)
     if cfg.sampling.calibrate_acf:  # for sampling.calibrate_acf: sums, not per-stay values
         from fedehr.evaluation.lags import lag_sums
 

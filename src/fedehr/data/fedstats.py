@@ -215,6 +215,19 @@ def _moments(x: np.ndarray) -> tuple[int, float, float, float]:
     return n, mean, float(d2.sum()), float((d2 * d).sum())
 
 
+def within_stay_sums(values: np.ndarray) -> np.ndarray:
+    """Within-stay sums of temporal features: (2, F) float64, row 0 Σ_i Σ_t (x_itf − x̄_if)² over observed bins
+    (x̄_if the stay's mean of feature f), row 1 the number of observed bins. Their ratio, pooled over sites, is
+    the within-stay variance (sampling.calibrate_within). values (N, T, F), NaN where unobserved."""
+    v = values.astype(np.float64)
+    obs = np.isfinite(v)
+    k = obs.sum(axis=1)                                                   # (N, F)
+    v0 = np.where(obs, v, 0.0)
+    mean = v0.sum(axis=1) / np.maximum(k, 1)                              # (N, F); 0 where never observed
+    dev = np.where(obs, v - mean[:, None, :], 0.0)
+    return np.stack([(dev * dev).sum(axis=(0, 1)), k.sum(axis=0).astype(np.float64)])
+
+
 def site_stats(cohort: Cohort, *, n_bins: int = N_BINS) -> FeatureStats:
     """Aggregates of one site's cohort (loops over features; each feature is vectorised over stays and bins)."""
     schema = cohort.schema

@@ -341,6 +341,8 @@ class TemporalSampler:
       once (``fold_linear``): no per-batch permutation, scaling or offset add remains;
     * x = g + s·σ·ε (ε AR(1) along time) is the value on the normalised (log) scale; log features get
       exp(x) + a on contiguous column runs; values are clipped to [valid_min, valid_max];
+    * with within-stay scales λ_f (sampling.calibrate_within) a numeric feature's observed values become
+      x̄ + λ_f (x − x̄), x̄ the stay's mean over its observed bins, clipped again;
     * mask and count share one uniform u per cell: observed ⟺ u < p = σ(ℓ + b), and given that, w = u / p is
       U(0, 1), so count = Σ_j [w < 1 − C_{j−1}] (C_j = P(count ≤ j + 1) from the federated count distribution,
       C_{−1} = 0) is an exact inverse-CDF draw; unobserved cells have w ≥ 1 and count 0. In float32,
@@ -350,8 +352,9 @@ class TemporalSampler:
     COMPARE_MAX = 8  # count supports up to this size use K comparisons, larger ones a binary search
 
     def __init__(self, specs: tuple[FeatureSpec, ...], columns, count_pmf: np.ndarray | None,
-                 mask_bias: np.ndarray | None = None, *, mask_mode: str = "bernoulli", binary_mode: str = "bernoulli",
-                 numeric_mode: str = "sample", rho: float | np.ndarray = 0.0,
+                 mask_bias: np.ndarray | None = None, *, mask_scale: np.ndarray | None = None,
+                 within_scale: np.ndarray | None = None, mask_mode: str = "bernoulli",
+                 binary_mode: str = "bernoulli", numeric_mode: str = "sample", rho: float | np.ndarray = 0.0,
                  device: str | torch.device = "cpu") -> None:
         b = Blocks.of(specs)
         n = b.n
@@ -368,13 +371,14 @@ class TemporalSampler:
         origin = np.asarray(columns.origin, dtype=np.float64)
         log = num & np.isfinite(origin)
         bias = np.zeros(n) if mask_bias is None else np.asarray(mask_bias, dtype=np.float64).reshape(n)
+        gain = np.ones(n) if mask_scale is None else np.asarray(mask_scale, dtype=np.float64).reshape(n)
         # Column maps (idx, a, c) per sampling head: column k = a_k · out[..., idx_k] + c_k (block layout out).
         col = np.zeros(n, np.int64)
         col[list(b.num)] = np.arange(len(b.num))                     # numeric feature → its μ / log σ² column
         mask_col = np.empty(n, np.int64)
         mask_col[b.order] = b.s_mask.start + np.arange(n)
         rest = np.arange(b.s_bin.start, b.s_cat.stop)                # binary then categorical logits (schema order)
-        self.maps = [(col, scale, shift), (mask_col, np.ones(n), bias),
+        self.maps = [(col, scale, shift), (mask_col, gain, bias),
                      (b.s_logvar.start + col, np.where(num, 0.5, 0.0), np.zeros(n)),
                      (rest, np.ones(len(rest)), np.zeros(len(rest)))]
         dev = torch.device(device)
@@ -385,6 +389,11 @@ class TemporalSampler:
         self.log_runs = _runs(log)
         self.lo = f32([s.valid_min for s in specs])
         self.hi = f32([s.valid_max for s in specs])
+        # within-stay scales λ_f (sampling.calibrate_within): only the numeric features with λ_f ≠ 1 are touched
+        lam = np.ones(n) if within_scale is None else np.asarray(within_scale, dtype=np.float64).reshape(n)
+        touch = np.flatnonzero(num & (lam != 1.0))
+        self.within = (torch.as_tensor(touch, device=dev), f32(lam[touch]), f32(self.lo.cpu().numpy()[touch]),
+                       f32(self.hi.cpu().numpy()[touch])) if touch.size else None
         pmf = np.ones((n, 1)) if count_pmf is None else np.asarray(count_pmf, dtype=np.float64).reshape(n, -1)
         # pmf (F, K): P(count = k + 1 | observed); None: every observed bin has one measurement
         cdf = np.cumsum(pmf, axis=1)
@@ -459,6 +468,11 @@ class TemporalSampler:
                 w[b_i, hour[b_i, f_i], f_i] = torch.rand(b_i.shape, generator=generator, device=dev)
         obs = torch.lt(w, 1.0, out=p)                               # (B, T, F) 1.0 / 0.0 (p is no longer needed)
         values.div_(obs).mul_(obs)                                  # x·1/1 = x exactly; x/0·0 = NaN
+        if self.within is not None:                                 # x ← x̄ + λ (x − x̄) over observed bins
+            cols, lam, lo, hi = self.within
+            v = values.index_select(-1, cols)                       # (B, T, F') NaN where unobserved
+            m = v.nansum(1, keepdim=True).div_(v.isfinite().sum(1, keepdim=True).clamp_(min=1))
+            values[..., cols] = v.sub_(m).mul_(lam).add_(m).clamp_(lo, hi)
         thr = self.thresholds
         if thr.shape[0] <= self.COMPARE_MAX:
             tmp = half_lv                                           # scratch (B, T, F)

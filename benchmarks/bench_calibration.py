@@ -1,0 +1,113 @@
+"""What each post-training calibration of the mask and the values does: trained runs re-sampled with them
+switched off one at a time, scored by the evaluation suite.
+
+Usage: .venv/bin/python benchmarks/bench_calibration.py --cohort DIR --runs RUN [RUN ...] [--draws 3]
+           [--json OUT]
+
+DIR is the cohort the runs were trained on (train and test splits), e.g. WORK/physionet2012/cohort of
+`benchmarks/bench_methods.py`; each RUN is a finished `fedehr train` run of a TCVAE method (fedehr-gen,
+fedavg, fedavg-direct, centralized, local) trained with sampling.calibrate_dispersion on (the default), e.g.
+WORK/physionet2012/runs/fedehr-gen-s0. Nothing is retrained, and the run directories are only read. For every
+run, three samplers:
+  rate        mask offsets b_f refitted with every gain 1 (sampling.calibrate_dispersion off);
+  dispersion  mask gains a_f and offsets as the run fitted them (the default);
+  within      dispersion, plus within-stay scales λ_f fitted now (sampling.calibrate_within, off by default):
+              its target is the within-stay variance of DIR's train split, which equals what the sites'
+              sums give (tests/algorithms/test_workflow.py), computed here without a federation.
+The noise autocorrelations ρ_f are the run's in all three. Each sampler draws --draws synthetic cohorts as large
+as the train split (sample seeds 0, 1000, 2000, ... as bench_methods uses), scored with
+`fedehr.evaluation.evaluate(..., fast=True, per_site=False)` on the metrics listed in METRICS. Prints one JSON
+line per (run, sampler) with the means over draws, then a markdown table of means ± sd over runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("utility_gbm", "discriminative_gbm", "observed_bins_gap", "presence_gap", "autocorrelation_gap",
+           "wasserstein", "membership_auc")
+SAMPLERS = ("rate", "dispersion", "within")
+
+
+def sampler(gen, kind: str, train):
+    """The run's generator with the calibrations of ``kind`` (see the module docstring); gen is modified."""
+    from fedehr.algorithms.generate import calibrate_mask, calibrate_within
+    from fedehr.data.fedstats import within_stay_sums
+
+    gen.sampling.pop("within_scale", None)
+    if kind == "within":
+        ws = within_stay_sums(train.values)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            target = np.where(ws[1] > 0, ws[0] / ws[1], np.nan)
+        gen.sampling["within_scale"] = calibrate_within(gen, target, seed=gen.cfg.seed).tolist()
+    if kind == "rate":
+        gen.sampling.pop("mask_scale", None)
+        gen.sampling["mask_bias"] = calibrate_mask(gen, np.asarray(gen.sampling["observed_rate"]),
+                                                   seed=gen.cfg.seed)[0].tolist()
+    return gen
+
+
+def score(train, test, syn, seed: int) -> dict[str, float]:
+    from fedehr.evaluation import evaluate
+
+    ev = evaluate(train, test, syn, seed=seed, fast=True, per_site=False, metrics=list(METRICS))
+    pooled = {name: res for fam in ev.metrics["pooled"].values() for name, res in fam.items()}
+    out = {"tstr_auroc": float(pooled["utility_gbm"]["pooled"]["tstr"]["auroc"])}
+    out.update({m: float(pooled[m]["value"]) for m in METRICS if m != "utility_gbm"})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cohort", type=Path, required=True)
+    ap.add_argument("--runs", type=Path, nargs="+", required=True)
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "src"))
+    torch.set_num_threads(1)
+    from fedehr.algorithms.generate import load_generator
+    from fedehr.data.store import load_cohort
+    from fedehr.errors import InputError
+
+    train, test = load_cohort(args.cohort, split="train"), load_cohort(args.cohort, split="test")
+    rows = []
+    for run in args.runs:
+        for kind in SAMPLERS:
+            gen = load_generator(run)
+            if "mask_scale" not in gen.sampling:
+                raise InputError("run was trained without the dispersion calibration",
+                                 file=run / "sampling.json", field="mask_scale",
+                                 expected="a run trained with sampling.calibrate_dispersion on (the default)")
+            gen = sampler(gen, kind, train)
+            draws = [score(train, test, gen.sample(len(train), seed=1000 * d), seed=1000 * d)
+                     for d in range(args.draws)]
+            row = {"run": str(run), "sampler": kind,
+                   **{k: float(np.mean([d[k] for d in draws])) for k in draws[0]}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    keys = [k for k in rows[0] if k not in ("run", "sampler")]
+    print("\n| sampler | " + " | ".join(keys) + " |")
+    print("|---|" + "---:|" * len(keys))
+    for kind in SAMPLERS:
+        cells = []
+        for k in keys:
+            v = [r[k] for r in rows if r["sampler"] == kind]
+            cells.append(f"{statistics.mean(v):.3f}" + (f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else ""))
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
