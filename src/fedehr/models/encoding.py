@@ -335,15 +335,15 @@ class TemporalSampler:
     reorganised so that every pass runs over whole contiguous (B, T, F) tensors in schema order:
 
     * the heads are read as four *sampling heads*, features in schema order (F_d = F_bin + Σ C_j):
-          g = s·μ + m (B, T, F) | ℓ + b (B, T, F) | ½ log σ² (B, T, F) | [binary | categorical logits] (B, T, F_d)
-      (s, m the normaliser's scale and shift, b the calibrated mask offsets; g = 0 and s = 0 for non-numeric
-      features). Each is an affine column map of the block layout (``apply_map``) that a linear head absorbs
+          g = s·μ + m (B, T, F) | a·ℓ + b (B, T, F) | ½ log σ² (B, T, F) | [binary | categorical logits] (B, T, F_d)
+      (s, m the normaliser's scale and shift, a and b the calibrated mask gains and offsets; g = 0 and s = 0 for
+      non-numeric features). Each is an affine column map of the block layout (``apply_map``) that a linear head absorbs
       once (``fold_linear``): no per-batch permutation, scaling or offset add remains;
     * x = g + s·σ·ε (ε AR(1) along time) is the value on the normalised (log) scale; log features get
       exp(x) + a on contiguous column runs; values are clipped to [valid_min, valid_max];
     * with within-stay scales λ_f (sampling.calibrate_within) a numeric feature's observed values become
       x̄ + λ_f (x − x̄), x̄ the stay's mean over its observed bins, clipped again;
-    * mask and count share one uniform u per cell: observed ⟺ u < p = σ(ℓ + b), and given that, w = u / p is
+    * mask and count share one uniform u per cell: observed ⟺ u < p = σ(a·ℓ + b), and given that, w = u / p is
       U(0, 1), so count = Σ_j [w < 1 − C_{j−1}] (C_j = P(count ≤ j + 1) from the federated count distribution,
       C_{−1} = 0) is an exact inverse-CDF draw; unobserved cells have w ≥ 1 and count 0. In float32,
       u < p ⟺ u / p < 1, so the mask and the counts agree exactly.
