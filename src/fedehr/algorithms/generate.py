@@ -396,13 +396,13 @@ def _observed_bin_moments(z: torch.Tensor, pres: torch.Tensor | None) -> tuple[t
     return ((m + q) * e).mean(0), ((sq + q) * e).mean(0)
 
 
-@torch.no_grad()
 def mask_gain_grid(per_octave: int = 3, lowest: int = -5, highest: int = 2) -> np.ndarray:
     """The gains a_f that :func:`calibrate_mask` tries: 0, then 2^(k / per_octave) for k from
     lowest · per_octave to highest · per_octave (1/32 … 4 by default, 1 included): (G,) float64."""
     return np.concatenate([[0.0], 2.0 ** (np.arange(lowest * per_octave, highest * per_octave + 1) / per_octave)])
 
 
+@torch.no_grad()
 def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, target_sq: np.ndarray | None = None, *,
                    n: int = 1000, seed: int = 0, iterations: int = 32, grid_stays: int = 300
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -453,7 +453,7 @@ def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, target_sq: np.nd
         a = torch.where(torch.isfinite(sq), grid[err.argmin(0)], 1.0)
     b, _ = fit(a, logits, pres)
     seen = np.asarray(target) > 0
-    return (np.where(seen, b.double().numpy(), 0.0), np.where(seen, a.double().numpy(), 1.0))
+    return np.where(seen, b.double().numpy(), 0.0), np.where(seen, a.double().numpy(), 1.0)
 
 
 @torch.no_grad()
@@ -515,8 +515,12 @@ def calibrate_within(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 10
     """
     from fedehr.data.fedstats import within_stay_sums
 
-    gen.sampling.pop("within_scale", None)
-    ws = within_stay_sums(gen.sample(n, seed=seed).values)                # (2, F)
+    saved = gen.sampling.pop("within_scale", None)                       # draw with λ = 1
+    try:
+        ws = within_stay_sums(gen.sample(n, seed=seed).values)            # (2, F)
+    finally:
+        if saved is not None:
+            gen.sampling["within_scale"] = saved
     with np.errstate(invalid="ignore", divide="ignore"):
         lam = np.sqrt(np.asarray(target, dtype=np.float64) / (ws[0] / ws[1]))
     num = np.array([s.kind == "numeric" for s in gen.schema.temporal])
