@@ -15,7 +15,8 @@ run, three samplers:
               its target is the within-stay variance of DIR's train split, which equals what the sites'
               sums give (tests/algorithms/test_workflow.py), computed here without a federation.
 The noise autocorrelations ρ_f are the run's in all three. Each sampler draws --draws synthetic cohorts as large
-as the train split (sample seeds 0, 1000, 2000, ... as bench_methods uses), scored with
+as the train split (sample and evaluation seeds 0, 1000, 2000, ...; bench_methods uses S + 1000·j for training
+seed S, so the two score different samples of the same runs), scored with
 `fedehr.evaluation.evaluate(..., fast=True, per_site=False)` on the metrics listed in METRICS. Prints one JSON
 line per (run, sampler) with the means over draws, then a markdown table of means ± sd over runs.
 """
@@ -40,13 +41,11 @@ SAMPLERS = ("rate", "dispersion", "within")
 def sampler(gen, kind: str, train):
     """The run's generator with the calibrations of ``kind`` (see the module docstring); gen is modified."""
     from fedehr.algorithms.generate import calibrate_mask, calibrate_within
-    from fedehr.data.fedstats import within_stay_sums
+    from fedehr.data.fedstats import within_stay_sums, within_stay_variance
 
     gen.sampling.pop("within_scale", None)
     if kind == "within":
-        ws = within_stay_sums(train.values)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            target = np.where(ws[1] > 0, ws[0] / ws[1], np.nan)
+        target = within_stay_variance(within_stay_sums(train.values))
         gen.sampling["within_scale"] = calibrate_within(gen, target, seed=gen.cfg.seed).tolist()
     if kind == "rate":
         gen.sampling.pop("mask_scale", None)

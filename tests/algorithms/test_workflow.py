@@ -292,13 +292,15 @@ def test_within_calibration_runs_from_site_sums(cohorts):
 
 
 def test_within_stay_sums_by_hand():
-    from fedehr.data.fedstats import within_stay_sums
+    from fedehr.data.fedstats import within_stay_sums, within_stay_variance
 
     v = np.full((2, 3, 2), np.nan)
     v[0, :, 0] = [1.0, 3.0, np.nan]      # mean 2: deviations ±1
     v[1, :, 0] = [5.0, 5.0, 8.0]         # mean 6: 1, 1, 4
     v[1, 1, 1] = 7.0                     # one value: no deviation
     np.testing.assert_allclose(within_stay_sums(v), [[2.0 + 6.0, 0.0], [5.0, 1.0]])
+    np.testing.assert_allclose(within_stay_variance(within_stay_sums(v)), [8.0 / 5.0, 0.0])
+    assert np.isnan(within_stay_variance(within_stay_sums(np.full((2, 3, 1), np.nan)))).all()  # never observed
 
 
 def test_site_helpers_by_hand():

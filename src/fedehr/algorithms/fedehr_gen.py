@@ -324,8 +324,8 @@ class GenWorkflow(PlannedWorkflow):
         n_temporal = len(self.schema.temporal)
         observed_rate = merged.count[:n_temporal] / max(int(merged.n_stays[0]) * self.schema.n_bins, 1)
         if self.cfg.sampling.calibrate_within:  # pooled within-stay variance per temporal feature
-            ws = sum(np.asarray(r.arrays["within_sums"], dtype=np.float64) for r in got)  # (2, F)
-            var = np.where(ws[1] > 0, ws[0] / np.maximum(ws[1], 1), np.nan)
+            var = fedstats.within_stay_variance(sum(np.asarray(r.arrays["within_sums"], dtype=np.float64)
+                                                    for r in got))
             self.sampling["within_target"] = [None if not np.isfinite(v) else float(v) for v in var]
         if self.cfg.sampling.fits_dispersion:  # E[o_f²] over all training stays
             sq = sum(np.asarray(r.arrays["observed_sq"], dtype=np.float64) for r in got)

@@ -228,6 +228,13 @@ def within_stay_sums(values: np.ndarray) -> np.ndarray:
     return np.stack([(dev * dev).sum(axis=(0, 1)), k.sum(axis=0).astype(np.float64)])
 
 
+def within_stay_variance(sums: np.ndarray) -> np.ndarray:
+    """(2, F) :func:`within_stay_sums` (one site's, or several summed) → (F,) within-stay variance per observed
+    bin, NaN for a feature never observed."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sums[1] > 0, sums[0] / np.maximum(sums[1], 1), np.nan)
+
+
 def site_stats(cohort: Cohort, *, n_bins: int = N_BINS) -> FeatureStats:
     """Aggregates of one site's cohort (loops over features; each feature is vectorised over stays and bins)."""
     schema = cohort.schema
