@@ -421,8 +421,9 @@ def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, target_sq: np.nd
     ``n`` stays (the moments of each gain cost a bisection; b_f is then refitted on all of them). a_f < 1
     flattens logits that differ too much between stays, and a_f = 0 draws every hour with one p; a target out
     of reach gets the nearest spread the grid gives. Without ``target_sq`` every a_f is 1. Both moments are
-    exact for the draw (:func:`_observed_bin_moments`, presence indicators included). Features never observed
-    keep a = 1, b = 0.
+    exact for the Bernoulli draw (:func:`_observed_bin_moments`, presence indicators included); with
+    ``sampling.mask = "threshold"`` both fits use the same Bernoulli moments and are approximations. Features
+    never observed keep a = 1, b = 0.
     """
     f = len(gen.schema.temporal)
     gen.to("cpu")
