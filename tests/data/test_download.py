@@ -68,9 +68,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             cut = s.cut_next.pop(rel, None)
         if cut is not None:  # announce the full length, send part of it, drop the connection
             body = body[:cut]
+        with s.lock:  # counted before the write: once the bytes are out, the client may finish and assert
+            s.served[rel] += len(body)  # before this thread runs again
         self.wfile.write(body)
-        with s.lock:
-            s.served[rel] += len(body)
 
 
 class _Server(http.server.ThreadingHTTPServer):
