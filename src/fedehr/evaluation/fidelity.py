@@ -97,7 +97,10 @@ def observed_bins_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -> np.nda
     o_s = (syn_counts > 0).sum(axis=1) / t                                   # (M, F)
     # W1 of two empirical distributions on [0, 1] = ∫ |F_r(x) − F_s(x)| dx; o takes the T + 1 values k / T.
     grid = np.arange(t + 1) / t
-    cdf = lambda o: (o[:, None, :] <= grid[None, :, None] + 1e-9).mean(axis=0)  # noqa: E731  (T+1, F)
+
+    def cdf(o: np.ndarray) -> np.ndarray:  # (stays, F) → (T + 1, F) empirical CDF on the grid
+        return (o[:, None, :] <= grid[None, :, None] + 1e-9).mean(axis=0)
+
     return (np.abs(cdf(o_r) - cdf(o_s))[:-1] / t).sum(axis=0)
 
 
