@@ -2,18 +2,22 @@
 switched off one at a time, scored by the evaluation suite.
 
 Usage: .venv/bin/python benchmarks/bench_calibration.py --cohort DIR --runs RUN [RUN ...] [--draws 3]
-           [--json OUT]
+           [--samplers rate dispersion within coobservation] [--json OUT]
 
 DIR is the cohort the runs were trained on (train and test splits), e.g. WORK/physionet2012/cohort of
 `benchmarks/bench_methods.py`; each RUN is a finished `fedehr train` run of a TCVAE method (fedehr-gen,
 fedavg, fedavg-direct, centralized, local) trained with sampling.calibrate_dispersion on (the default), e.g.
 WORK/physionet2012/runs/fedehr-gen-s0. Nothing is retrained, and the run directories are only read. For every
-run, three samplers:
-  rate        mask offsets b_f refitted with every gain 1 (sampling.calibrate_dispersion off);
-  dispersion  mask gains a_f and offsets as the run fitted them (the default);
+run, the samplers named by --samplers (default: all four):
+  rate        mask offsets b_f refitted with every gain 1 (sampling.calibrate_dispersion off), no mask copula;
+  dispersion  mask gains a_f and offsets as the run fitted them, no mask copula (the default before the
+              copula; every run trained before it samples this way);
   within      dispersion, plus within-stay scales λ_f fitted now (sampling.calibrate_within, off by default):
               its target is the within-stay variance of DIR's train split, which equals what the sites'
-              sums give (tests/algorithms/test_workflow.py), computed here without a federation.
+              sums give (tests/algorithms/test_workflow.py), computed here without a federation;
+  coobservation  dispersion, plus the mask copula fitted now (sampling.calibrate_coobservation, the default):
+              its target is the co-observed share of DIR's train split, which equals what the sites' sums give
+              (same test file).
 The noise autocorrelations ρ_f are the run's in all three. Each sampler draws --draws synthetic cohorts as large
 as the train split (sample and evaluation seeds 0, 1000, 2000, ...; bench_methods uses S + 1000·j for training
 seed S, so the two score different samples of the same runs), scored with
@@ -33,20 +37,24 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("utility_gbm", "discriminative_gbm", "observed_bins_gap", "presence_gap", "autocorrelation_gap",
-           "wasserstein", "membership_auc")
-SAMPLERS = ("rate", "dispersion", "within")
+METRICS = ("utility_gbm", "discriminative_gbm", "observed_bins_gap", "presence_gap", "coobservation_gap",
+           "autocorrelation_gap", "wasserstein", "membership_auc")
+SAMPLERS = ("rate", "dispersion", "within", "coobservation")
 
 
 def sampler(gen, kind: str, train):
     """The run's generator with the calibrations of ``kind`` (see the module docstring); gen is modified."""
-    from fedehr.algorithms.generate import calibrate_mask, calibrate_within
-    from fedehr.data.fedstats import within_stay_sums, within_stay_variance
+    from fedehr.algorithms.generate import calibrate_coobservation, calibrate_mask, calibrate_within
+    from fedehr.data.fedstats import coobserved_bins, within_stay_sums, within_stay_variance
 
     gen.sampling.pop("within_scale", None)
+    gen.sampling.pop("mask_corr", None)
     if kind == "within":
         target = within_stay_variance(within_stay_sums(train.values))
         gen.sampling["within_scale"] = calibrate_within(gen, target, seed=gen.cfg.seed).tolist()
+    if kind == "coobservation":
+        target = coobserved_bins(train.counts) / (len(train) * train.schema.n_bins)
+        gen.sampling["mask_corr"] = calibrate_coobservation(gen, target, seed=gen.cfg.seed).tolist()
     if kind == "rate":
         gen.sampling.pop("mask_scale", None)
         gen.sampling["mask_bias"] = calibrate_mask(gen, np.asarray(gen.sampling["observed_rate"]),
@@ -69,6 +77,7 @@ def main() -> int:
     ap.add_argument("--cohort", type=Path, required=True)
     ap.add_argument("--runs", type=Path, nargs="+", required=True)
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "src"))
@@ -80,7 +89,7 @@ def main() -> int:
     train, test = load_cohort(args.cohort, split="train"), load_cohort(args.cohort, split="test")
     rows = []
     for run in args.runs:
-        for kind in SAMPLERS:
+        for kind in args.samplers:
             gen = load_generator(run)
             if "mask_scale" not in gen.sampling:
                 raise InputError("run was trained without the dispersion calibration",
@@ -96,7 +105,7 @@ def main() -> int:
     keys = [k for k in rows[0] if k not in ("run", "sampler")]
     print("\n| sampler | " + " | ".join(keys) + " |")
     print("|---|" + "---:|" * len(keys))
-    for kind in SAMPLERS:
+    for kind in args.samplers:
         cells = []
         for k in keys:
             v = [r[k] for r in rows if r["sampler"] == kind]

@@ -227,6 +227,11 @@ class SamplingConfig(_Section):
                                     "observed bins matches the federated one, not only their mean (sites also "
                                     "send Σ_i o_if², o_if the observed bins of feature f in stay i, summed over "
                                     "their stays); docs/methods.md §6")
+    calibrate_coobservation: bool = _f(True, "after the mask calibration, fit a Gaussian copula across features "
+                                       "for each hour's mask draws, so that features measured together (lab "
+                                       "panels, blood-pressure triples) share hours as often as in the federated "
+                                       "data (sites send Σ_{i,t} o_itf o_itg, an F × F matrix summed over their "
+                                       "stays and hours); every cell keeps its probability. docs/methods.md §6")
     calibrate_within: bool = _f(False, "after the other calibrations, scale each numeric feature's deviations "
                                 "from its stay mean, x ← x̄ + λ_f (x − x̄), λ_f ∈ [0, 2], so that its "
                                 "within-stay variance matches the federated one (sites send within-stay sums of "

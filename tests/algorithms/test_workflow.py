@@ -78,7 +78,7 @@ def test_fedavg_matches_fedehr_gen_epoch_budget(cohorts):
 
 ALLOWED = ("ae/", "tcvae/", "opt/", "stats/")
 ALLOWED_EXACT = {"count_hist", "label_patterns", "count", "sum", "sumsq", "post_mean", "post_var",
-                 "prior_n", "prior_sum", "prior_sumsq", "acf_sums", "observed_sq",
+                 "prior_n", "prior_sum", "prior_sumsq", "acf_sums", "observed_sq", "coobserved",
                  "within_sums"}
 
 
@@ -264,6 +264,27 @@ def test_dispersion_calibration_runs_from_site_sums(cohorts):
     for off in ("sampling.calibrate_dispersion=false", "sampling.calibrate_mask=false"):
         wf2, _ = _run("fedavg", cohorts, [off])
         assert "mask_scale" not in wf2.sampling and "observed_sq" not in wf2.sampling
+
+
+def test_coobservation_calibration_runs_from_site_sums(cohorts):
+    """sampling.calibrate_coobservation (on by default): sites send Σ_{i,t} o_itf o_itg (an F × F sum, no per-stay
+    values); the run stores the pooled co-observed share of cells and a valid mask correlation matrix, records
+    it, and samples with it; off, neither is sent nor fitted."""
+    from fedehr.data.fedstats import coobserved_bins
+
+    wf, errors = _run("fedavg", cohorts, [])
+    assert not errors
+    train = cohorts[0]
+    want = coobserved_bins(train.counts) / (len(train) * train.schema.n_bins)
+    np.testing.assert_allclose(wf.sampling["coobserved_rate"], want, rtol=1e-12)
+    r = np.asarray(wf.sampling["mask_corr"])
+    assert r.shape == (5, 5) and np.allclose(np.diag(r), 1.0) and np.linalg.eigvalsh(r).min() > 0
+    last = [e for e in wf.metrics()["rounds"] if e["action"] == "prior-stats"][-1]
+    assert set(last["mask_corr"]) == {"pairs_above_0.5", "max"}
+    assert wf.generator()._plan("cpu").sampler.mask_chol_t is not None
+    wf2, _ = _run("fedavg", cohorts, ["sampling.calibrate_coobservation=false"])
+    assert "mask_corr" not in wf2.sampling and "coobserved_rate" not in wf2.sampling
+    assert wf2.generator()._plan("cpu").sampler.mask_chol_t is None
 
 
 def test_within_calibration_runs_from_site_sums(cohorts):

@@ -154,3 +154,16 @@ def test_histogram_edges_from_spec_alone() -> None:
     cat = histogram_edges(FeatureSpec("c", "categorical", categories=("a", "b", "c")), n_bins=6)
     np.testing.assert_allclose(cat, np.linspace(-0.5, 2.5, 7))
     assert not math.isinf(schema_edges(Schema(temporal=(TEMPORAL["HR"],))).max())
+
+
+def test_coobserved_bins_counts_cells_measuring_both_features_in_chunks() -> None:
+    from fedehr.data.fedstats import coobserved_bins
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(0.5, (37, 6, 4)).astype(np.uint16)
+    o = (counts > 0).astype(np.int64)
+    want = np.einsum("ntf,ntg->fg", o, o)
+    np.testing.assert_array_equal(coobserved_bins(counts), want)
+    np.testing.assert_array_equal(coobserved_bins(counts, chunk=5), want)   # blocks of stays sum to the whole
+    halves = coobserved_bins(counts[:20]) + coobserved_bins(counts[20:])   # sites' sums give the pooled one
+    np.testing.assert_array_equal(halves, want)

@@ -165,6 +165,31 @@ def test_observed_bins_gap_sees_how_often_each_stay_measures():
     np.testing.assert_allclose(fid.observed_bins_gap(a, b), want, atol=1e-12)
 
 
+def test_coobservation_gap_sees_a_panel_split_into_different_hours():
+    """Two features measured in the same hours (a panel) against the same rates in different hours: the share of
+    hours measuring both among hours measuring either is 1 real, 0 synthetic; rates and per-stay counts agree, so
+    only this metric sees it. A pair neither set ever measures is NaN; against itself the gap is 0."""
+    real = np.zeros((4, 4, 3), dtype=np.int32)
+    real[:, :2, 0] = 1
+    real[:, :2, 1] = 2                        # same hours as feature 0 (its count does not matter)
+    syn = real.copy()
+    syn[:, :2, 1] = 0
+    syn[:, 2:, 1] = 1                         # same rate and per-stay count, other hours
+    np.testing.assert_allclose(fid.missingness_gap(real, syn), 0.0)
+    np.testing.assert_allclose(fid.observed_bins_gap(real, syn), 0.0)
+    shares = fid.coobservation_shares(real)
+    assert shares[0, 1] == 1.0 and shares[0, 2] == 0.0 and np.isnan(shares[2, 2])
+    gap = fid.coobservation_gap(real, syn)
+    assert gap[0, 1] == gap[1, 0] == 1.0 and np.isnan(gap[0, 0]) and gap[0, 2] == 0.0 and np.isnan(gap[2, 2])
+    assert np.isnan(fid.coobservation_gap(real, real)[0, 0]) and fid.coobservation_gap(real, real)[0, 1] == 0.0
+    # Against a direct count on random masks: |A ∩ B| / |A ∪ B| over (stay, hour) cells.
+    rng = np.random.default_rng(0)
+    c = rng.poisson(0.4, (30, 5, 3))
+    o = c > 0
+    want = (o[..., 0] & o[..., 2]).sum() / (o[..., 0] | o[..., 2]).sum()
+    assert fid.coobservation_shares(c)[0, 2] == pytest.approx(want, rel=1e-12)
+
+
 @FAST
 @given(arrays(np.float64, st.tuples(st.integers(3, 30), st.integers(1, 4)), elements=finite),
        arrays(np.float64, st.tuples(st.integers(3, 30), st.integers(1, 4)), elements=finite),

@@ -245,6 +245,50 @@ def test_sampler_masks_and_counts_follow_their_distributions(support):
     np.testing.assert_allclose(freq, pmf[4, :3], atol=0.015)
 
 
+def test_sampler_couples_the_hours_of_correlated_features_and_keeps_each_rate():
+    """With the copula two features at the same p share their hours; every feature keeps its rate and its count
+    distribution; ρ = 0 gives the independent co-observation p²."""
+    from scipy.stats import chisquare
+
+    from fedehr.models import mask_copula as mc
+    from fedehr.models.encoding import Blocks, TemporalSampler
+
+    schema, norm = _sampling_schema()
+    b = Blocks.of(schema.temporal)
+    p = np.array([0.2, 0.2, 0.2, 0.5, 0.1])
+    pmf = np.zeros((5, 3))
+    pmf[:] = [0.5, 0.3, 0.2]
+    n, t = 4000, 6
+    out = torch.zeros((n, t, b.out_width))
+    out[..., b.s_mask] = torch.as_tensor(np.log(p / (1 - p))[b.order], dtype=torch.float32)
+    r = np.eye(5)
+    r[0, 1] = r[1, 0] = 0.999                                      # features 0 and 1: one panel
+    r[3, 4] = r[4, 3] = 0.8
+    results = {}
+    for name, corr in (("copula", r), ("none", None)):
+        sampler = TemporalSampler(schema.temporal, norm.temporal, pmf, None, mask_corr=corr)
+        values = torch.empty((n, t, 5))
+        counts = torch.empty((n, t, 5), dtype=torch.int32)
+        sampler.draw(sampler.apply_map(out), generator=torch.Generator().manual_seed(4), values=values,
+                     counts=counts)
+        results[name] = counts.numpy()
+    obs = results["copula"] > 0
+    rate = obs.mean(axis=(0, 1))
+    assert (np.abs(rate - p) < 5 * np.sqrt(p * (1 - p) / (n * t))).all(), rate
+    both = lambda a, c: (obs[..., a] & obs[..., c]).mean()  # noqa: E731
+    assert both(0, 1) > 0.19                                        # ≈ p: the same hours
+    assert both(0, 2) == pytest.approx(0.04, abs=0.005)             # uncorrelated: p²
+    h = torch.special.ndtri(torch.tensor([0.5, 0.1], dtype=torch.float64))
+    want = mc.bvn_cdf(h[:1], h[1:], 0.8).item()                     # ≈ 0.095, against p_3 p_4 = 0.05
+    assert both(3, 4) == pytest.approx(want, abs=5 * np.sqrt(want / (n * t)))
+    indep = results["none"] > 0
+    assert (indep[..., 0] & indep[..., 1]).mean() == pytest.approx(0.04, abs=0.005)
+    for f in range(5):
+        k = results["copula"][..., f][obs[..., f]]
+        freq = np.bincount(k, minlength=4)[1:]
+        assert chisquare(freq, pmf[f] * freq.sum()).pvalue > 1e-4, (f, freq)
+
+
 def test_sampler_values_follow_the_heads():
     """All bins observed: numeric values are N(μ, σ²) on the normalised scale with lag-1 correlation ρ along time
     (the log feature on the log scale), binary values Bernoulli(σ(logit)), categories softmax(logits)."""

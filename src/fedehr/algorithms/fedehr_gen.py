@@ -330,6 +330,9 @@ class GenWorkflow(PlannedWorkflow):
         if self.cfg.sampling.fits_dispersion:  # E[o_f²] over all training stays
             sq = sum(np.asarray(r.arrays["observed_sq"], dtype=np.float64) for r in got)
             self.sampling["observed_sq"] = (sq / max(int(merged.n_stays[0]), 1)).tolist()
+        if self.cfg.sampling.calibrate_coobservation:  # share of all (stay, hour) cells observing both features
+            co = sum(np.asarray(r.arrays["coobserved"], dtype=np.float64) for r in got)
+            self.sampling["coobserved_rate"] = (co / max(int(merged.n_stays[0]) * self.schema.n_bins, 1)).tolist()
         self.sampling.update({"label_probs": (pats / pats.sum()).tolist(), "count_pmf": pmf.tolist(),
                               "observed_rate": observed_rate.tolist(),
                               "label_prevalence": merged.prevalence.tolist(), "labels": list(self.schema.labels)})
@@ -406,10 +409,11 @@ class GenWorkflow(PlannedWorkflow):
         entry.update(self._calibrate())  # calibrated under the prior that sampling uses
 
     def _calibrate(self) -> dict[str, dict[str, float]]:
-        """Fit the per-feature mask offsets and gains (sampling.calibrate_mask / calibrate_dispersion), then the
+        """Fit the per-feature mask offsets and gains (sampling.calibrate_mask / calibrate_dispersion), the mask
+        copula (sampling.calibrate_coobservation), then the
         numeric noise autocorrelations (sampling.calibrate_acf), then the within-stay scales
         (sampling.calibrate_within) of the current generator; returns what it fitted, by feature."""
-        from fedehr.algorithms.generate import calibrate_acf, calibrate_mask, calibrate_within
+        from fedehr.algorithms.generate import calibrate_acf, calibrate_coobservation, calibrate_mask, calibrate_within
 
         assert self.schema is not None
         sc, out = self.cfg.sampling, {}
@@ -417,6 +421,7 @@ class GenWorkflow(PlannedWorkflow):
         self.sampling.pop("mask_scale", None)
         self.sampling.pop("within_scale", None)
         self.sampling.pop("numeric_rho", None)
+        self.sampling.pop("mask_corr", None)
         names = self.schema.temporal_names
         if sc.calibrate_mask:
             sq = np.asarray(self.sampling["observed_sq"]) if sc.fits_dispersion else None
@@ -427,6 +432,12 @@ class GenWorkflow(PlannedWorkflow):
             if sq is not None:
                 self.sampling["mask_scale"] = gain.tolist()
                 out["mask_scale"] = dict(zip(names, gain.tolist(), strict=True))
+        if sc.calibrate_coobservation:  # after the offsets and gains: it fits the calibrated probabilities
+            corr = calibrate_coobservation(self.generator(), np.asarray(self.sampling["coobserved_rate"]),
+                                           seed=self.cfg.seed)
+            self.sampling["mask_corr"] = corr.tolist()
+            upper = corr[np.triu_indices(len(names), k=1)]
+            out["mask_corr"] = {"pairs_above_0.5": int((upper > 0.5).sum()), "max": float(upper.max(initial=0.0))}
         if sc.calibrate_acf:
             target = np.array([np.nan if a is None else a for a in self.sampling["acf_target"]], dtype=np.float64)
             rho = calibrate_acf(self.generator(), target, seed=self.cfg.seed)

@@ -10,7 +10,9 @@ One draw (vectorised over a batch of stays):
   3. the TCVAE decoder gives the latent sequence h_t = ĥ_t + latent_noise · σ̂_t ε (un-standardised with the
      federated latent moments); the frozen global AE decoder maps it to head outputs (fedavg-direct: the TCVAE
      outputs the heads); mask logits get the federated calibration offsets (calibrate_mask);
-  4. mask ~ Bernoulli(sigmoid(mask logits)), binary ~ Bernoulli, categorical ~ softmax, numeric ~ N(μ, σ²);
+  4. mask ~ Bernoulli(sigmoid(mask logits)), one hour's features coupled by the fitted Gaussian copula
+     (sampling.calibrate_coobservation, fedehr.models.mask_copula); binary ~ Bernoulli, categorical ~ softmax,
+     numeric ~ N(μ, σ²);
      normalisation inverted, values clipped to each feature's valid range, NaN where not observed;
   5. counts = mask × a count drawn from the federated per-feature distribution of measurements per bin.
 Conditioning on a static feature sets it before the sequence is decoded (an intervention on s in
@@ -252,11 +254,13 @@ class SyntheticGenerator:
         within = self.sampling.get("within_scale") if calibrated else None
         pmf = self.sampling.get("count_pmf")
         rho = self.sampling.get("numeric_rho")  # per-feature ρ from sampling.calibrate_acf, else noise_rho
+        corr = self.sampling.get("mask_corr") if calibrated else None  # sampling.calibrate_coobservation
         sampler = TemporalSampler(self.schema.temporal, self.normaliser.temporal,
                                   None if pmf is None else np.asarray(pmf, dtype=np.float64),
                                   None if bias is None else np.asarray(bias, dtype=np.float64),
                                   mask_scale=None if gain is None else np.asarray(gain, dtype=np.float64),
                                   within_scale=None if within is None else np.asarray(within, dtype=np.float64),
+                                  mask_corr=None if corr is None else np.asarray(corr, dtype=np.float64),
                                   mask_mode=sc.mask, binary_mode=sc.binary, numeric_mode=sc.numeric,
                                   rho=sc.noise_rho if rho is None else np.asarray(rho, dtype=np.float64),
                                   device=device)
@@ -455,6 +459,25 @@ def calibrate_mask(gen: SyntheticGenerator, target: np.ndarray, target_sq: np.nd
     b, _ = fit(a, logits, pres)
     seen = np.asarray(target) > 0
     return np.where(seen, b.double().numpy(), 0.0), np.where(seen, a.double().numpy(), 1.0)
+
+
+@torch.no_grad()
+def calibrate_coobservation(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 300, seed: int = 0
+                            ) -> np.ndarray:
+    """The mask copula's correlation matrix R (F, F) (fedehr.models.mask_copula): for every pair of temporal
+    features, the share of (stay, hour) cells observing both equals ``target`` (F, F), the federated share, in
+    expectation over the hourly probabilities of ``n`` stays drawn with labels from the federated label
+    distribution (calibrated offsets and gains applied; absent features, with tcvae.presence, have p = 0; the
+    hour that presence forces is not modelled). Pairs out of reach get the nearest ρ (|ρ| ≤ 0.999)."""
+    from fedehr.models.mask_copula import fit_correlation
+
+    gen.to("cpu")
+    plan = gen._plan("cpu")
+    heads, pres = _calibration_heads(gen, n, seed, plan, keep=1)
+    p = torch.sigmoid(heads[0].float())                      # (n, T, F) calibrated probabilities, schema order
+    if pres is not None:
+        p = p * pres[:, None, :].to(p.dtype)
+    return fit_correlation(p.reshape(-1, p.shape[-1]), target)
 
 
 @torch.no_grad()

@@ -219,6 +219,8 @@ def _stats(task: Task, ctx: SiteContext) -> Reply:
     if cfg.sampling.fits_dispersion:  # Σ_i o_if² (F,): with the observed counts, the spread of o_if
         o = (ctx.train.counts > 0).sum(axis=1, dtype=np.int64)            # (N, F) observed bins per stay
         arrays["observed_sq"] = (o * o).sum(axis=0)
+    if cfg.sampling.calibrate_coobservation:  # Σ_{i,t} o_itf o_itg (F, F): cells observing both features
+        arrays["coobserved"] = fedstats.coobserved_bins(ctx.train.counts)
     if cfg.sampling.calibrate_acf:  # for sampling.calibrate_acf: sums, not per-stay values
         from fedehr.evaluation.lags import lag_sums
 

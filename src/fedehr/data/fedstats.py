@@ -228,6 +228,18 @@ def within_stay_sums(values: np.ndarray) -> np.ndarray:
     return np.stack([(dev * dev).sum(axis=(0, 1)), k.sum(axis=0).astype(np.float64)])
 
 
+def coobserved_bins(counts: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """(F, F) int64 Σ_{i,t} o_itf o_itg for counts (N, T, F), o = counts > 0: how many (stay, hour) cells observe
+    both features (the diagonal: each feature's observed cells). A sum over stays
+    (sampling.calibrate_coobservation)."""
+    n, f = counts.shape[0], counts.shape[2]
+    out = np.zeros((f, f), dtype=np.int64)
+    for a in range(0, n, chunk):  # loop over blocks of stays: bounds the float copy; float32 sums stay exact
+        o = (counts[a:a + chunk] > 0).reshape(-1, f).astype(np.float32)  # (chunk·T, F), < 2^24 rows
+        out += np.rint(o.T @ o).astype(np.int64)
+    return out
+
+
 def within_stay_variance(sums: np.ndarray) -> np.ndarray:
     """(2, F) :func:`within_stay_sums` (one site's, or several summed) → (F,) within-stay variance per observed
     bin, NaN for a feature never observed."""

@@ -104,6 +104,28 @@ def observed_bins_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -> np.nda
     return (np.abs(cdf(o_r) - cdf(o_s))[:-1] / t).sum(axis=0)
 
 
+def coobservation_shares(counts: np.ndarray) -> np.ndarray:
+    """(N, T, F) counts -> (F, F) share of the (stay, bin) cells measuring f or g that measure both (Jaccard of
+    the hourly masks; 1 on the diagonal of observed features, NaN where neither feature is ever measured)."""
+    from fedehr.data.fedstats import coobserved_bins
+
+    both = coobserved_bins(counts).astype(np.float64)                       # (F, F)
+    d = np.diag(both)
+    union = d[:, None] + d[None, :] - both
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, both / np.maximum(union, 1.0), np.nan)
+
+
+def coobservation_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -> np.ndarray:
+    """(F, F) |real − synthetic| share of the hours measuring a feature pair that measure both
+    (:func:`coobservation_shares`): lab panels and blood-pressure triples are measured in the same hour, and a
+    generator drawing each feature's hours independently splits them. NaN on the diagonal and where either set
+    never measures the pair. real_counts (N, T, F), syn_counts (M, T, F). Lower is better."""
+    gap = np.abs(coobservation_shares(real_counts) - coobservation_shares(syn_counts))
+    np.fill_diagonal(gap, np.nan)
+    return gap
+
+
 def measurements_per_bin(counts: np.ndarray) -> np.ndarray:
     """(N, T, F) -> (F,) mean measurement count over observed bins (>= 1), NaN for never-observed features."""
     obs = counts > 0

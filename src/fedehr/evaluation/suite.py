@@ -131,6 +131,23 @@ def _observed_bins(inp: Inputs) -> Result:
     return {"value": float(gap.mean()), "per_feature": dict(zip(names, gap.tolist(), strict=True))}
 
 
+def _coobservation(inp: Inputs) -> Result:
+    """Mean over feature pairs measured in both sets; per feature, the mean over its partners; the worst pairs."""
+    names = inp.train.schema.temporal_names
+    gap = fid.coobservation_gap(inp.train.counts, inp.syn.counts)           # (F, F), NaN diagonal
+    iu, ju = np.triu_indices(len(names), k=1)
+    upper = gap[iu, ju]
+    ok = np.isfinite(upper)
+    fin = np.isfinite(gap)
+    k = fin.sum(axis=1)
+    per_feature = np.where(k > 0, np.where(fin, gap, 0.0).sum(axis=1) / np.maximum(k, 1), np.nan)
+    worst = np.argsort(-np.where(ok, upper, -1.0))[:10]
+    shares = fid.coobservation_shares(inp.train.counts), fid.coobservation_shares(inp.syn.counts)
+    return {"value": _nanmean(upper), "per_feature": dict(zip(names, per_feature.tolist(), strict=True)),
+            "worst_pairs": [{"pair": f"{names[iu[k]]}/{names[ju[k]]}", "real": float(shares[0][iu[k], ju[k]]),
+                             "syn": float(shares[1][iu[k], ju[k]])} for k in worst if ok[k]]}
+
+
 def _meas_rate(inp: Inputs) -> Result:
     names = inp.train.schema.temporal_names
     mr, ms = fid.measurements_per_bin(inp.train.counts), fid.measurements_per_bin(inp.syn.counts)
@@ -364,6 +381,9 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
                "mean |share of stays that ever measure the feature, real - synthetic| over temporal features"),
     MetricSpec("observed_bins_gap", _observed_bins, "fidelity", "min", 0.0, 0.05,
                "mean per-feature Wasserstein-1 of the share of a stay's bins that measure the feature"),
+    MetricSpec("coobservation_gap", _coobservation, "fidelity", "min", 0.0, 0.05,
+               "mean over feature pairs of |share of the hours measuring either that measure both, real - "
+               "synthetic| (lab panels measured together)"),
     MetricSpec("measurement_rate_gap", _meas_rate, "fidelity", "min", 0.0, 0.1,
                "mean |measurements per observed bin, real - synthetic|", bounds=(0.0, math.inf)),
     MetricSpec("dimension_wise_r", _dimwise_r, "fidelity", "max", 1.0, 0.9,
@@ -480,7 +500,7 @@ def _per_feature(pooled: dict[str, Result], inp: Inputs) -> dict[str, dict[str, 
     names = [*inp.train.schema.temporal_names, *(f"static:{n}" for n in inp.train.schema.static_names)]
     table: dict[str, dict[str, float]] = {n: {} for n in names}
     for metric in ("wasserstein", "ks", "prevalence_gap", "missingness_gap", "presence_gap", "observed_bins_gap",
-                   "measurement_rate_gap", "autocorrelation_gap", "trajectory_gap"):
+                   "coobservation_gap", "measurement_rate_gap", "autocorrelation_gap", "trajectory_gap"):
         for feat, v in pooled.get(metric, {}).get("per_feature", {}).items():
             table[feat][metric] = v
     for key in ("observed_real", "observed_syn"):

@@ -27,6 +27,7 @@ import torch.nn.functional as F_
 from fedehr.data.cohort import Cohort
 from fedehr.data.schema import FeatureSpec, Schema
 from fedehr.data.transforms import Normaliser
+from fedehr.models.mask_copula import cholesky_t, correlated_uniforms
 
 
 @dataclass(frozen=True)
@@ -346,14 +347,18 @@ class TemporalSampler:
     * mask and count share one uniform u per cell: observed ⟺ u < p = σ(a·ℓ + b), and given that, w = u / p is
       U(0, 1), so count = Σ_j [w < 1 − C_{j−1}] (C_j = P(count ≤ j + 1) from the federated count distribution,
       C_{−1} = 0) is an exact inverse-CDF draw; unobserved cells have w ≥ 1 and count 0. In float32,
-      u < p ⟺ u / p < 1, so the mask and the counts agree exactly.
+      u < p ⟺ u / p < 1, so the mask and the counts agree exactly;
+    * with ``mask_corr`` R (sampling.calibrate_coobservation) the uniforms of one (stay, hour) are Φ(L ε),
+      R = L Lᵀ (fedehr.models.mask_copula): each still U(0, 1), so all of the above holds, but coupled across
+      features, so that features measured together share their hours.
     """
 
     COMPARE_MAX = 8  # count supports up to this size use K comparisons, larger ones a binary search
 
     def __init__(self, specs: tuple[FeatureSpec, ...], columns, count_pmf: np.ndarray | None,
                  mask_bias: np.ndarray | None = None, *, mask_scale: np.ndarray | None = None,
-                 within_scale: np.ndarray | None = None, mask_mode: str = "bernoulli",
+                 within_scale: np.ndarray | None = None, mask_corr: np.ndarray | None = None,
+                 mask_mode: str = "bernoulli",
                  binary_mode: str = "bernoulli", numeric_mode: str = "sample", rho: float | np.ndarray = 0.0,
                  device: str | torch.device = "cpu") -> None:
         b = Blocks.of(specs)
@@ -384,6 +389,7 @@ class TemporalSampler:
         dev = torch.device(device)
         f32 = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)  # noqa: E731
         self._maps = [(torch.as_tensor(i, device=dev), f32(a), f32(c)) for i, a, c in self.maps]
+        self.mask_chol_t = None if mask_corr is None else cholesky_t(np.asarray(mask_corr).reshape(n, n), dev)
         self.sd_scale = f32(scale)                                  # (F,) s, 0 for non-numeric features
         self.origin = f32(np.where(log, origin, 0.0))
         self.log_runs = _runs(log)
@@ -454,7 +460,8 @@ class TemporalSampler:
         values.clamp_(self.lo, self.hi)
         # Mask and counts from one uniform per cell (see the class docstring).
         p = logit.sigmoid_()
-        w = torch.rand(p.shape, generator=generator, device=dev)
+        w = (torch.rand(p.shape, generator=generator, device=dev) if self.mask_chol_t is None
+             else correlated_uniforms(tuple(p.shape), self.mask_chol_t, generator=generator))
         if self.mask_mode == "threshold":  # observed ⟺ p > ½; w stays U(0, 1) there for the count
             w = torch.where(p <= 0.5, 2.0 - p, w)  # > 1 (unobserved), smallest at the likeliest hour
         else:
