@@ -4,6 +4,7 @@ sampler's coupled mask draws."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fedehr.models import mask_copula as mc
@@ -56,3 +57,15 @@ def test_nearest_correlation_repairs_an_impossible_matrix():
     r = mc.nearest_correlation(bad)
     assert np.linalg.eigvalsh(r).min() > 0 and np.allclose(np.diag(r), 1.0) and np.allclose(r, r.T)
     np.linalg.cholesky(r)
+
+
+def test_correlated_uniforms_are_uniform_below_one_and_carry_the_correlation():
+    from scipy.stats import kstest
+
+    r = np.array([[1.0, 0.7], [0.7, 1.0]])
+    u = mc.correlated_uniforms((4000, 6, 2), mc.cholesky_t(r), generator=torch.Generator().manual_seed(0))
+    assert float(u.max()) < 1.0 and float(u.min()) >= 0.0
+    for f in range(2):
+        assert kstest(u[..., f].flatten().numpy(), "uniform").pvalue > 1e-3
+    z = torch.special.ndtri(u.double().clamp(1e-12, 1 - 1e-12)).reshape(-1, 2).numpy()
+    assert np.corrcoef(z.T)[0, 1] == pytest.approx(0.7, abs=0.02)
