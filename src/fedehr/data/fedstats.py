@@ -232,10 +232,11 @@ def coobserved_bins(counts: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """(F, F) int64 Σ_{i,t} o_itf o_itg for counts (N, T, F), o = counts > 0: how many (stay, hour) cells observe
     both features (the diagonal: each feature's observed cells). A sum over stays
     (sampling.calibrate_coobservation)."""
-    n, f = counts.shape[0], counts.shape[2]
+    n, t, f = counts.shape
+    chunk = max(1, min(chunk, (1 << 24) // max(t, 1)))  # < 2^24 rows per block: float32 sums stay exact
     out = np.zeros((f, f), dtype=np.int64)
-    for a in range(0, n, chunk):  # loop over blocks of stays: bounds the float copy; float32 sums stay exact
-        o = (counts[a:a + chunk] > 0).reshape(-1, f).astype(np.float32)  # (chunk·T, F), < 2^24 rows
+    for a in range(0, n, chunk):  # loop over blocks of stays: bounds the float copy
+        o = (counts[a:a + chunk] > 0).reshape(-1, f).astype(np.float32)  # (chunk·T, F)
         out += np.rint(o.T @ o).astype(np.int64)
     return out
 

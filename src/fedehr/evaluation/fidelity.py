@@ -121,7 +121,12 @@ def coobservation_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -> np.nda
     (:func:`coobservation_shares`): lab panels and blood-pressure triples are measured in the same hour, and a
     generator drawing each feature's hours independently splits them. NaN on the diagonal and where either set
     never measures the pair. real_counts (N, T, F), syn_counts (M, T, F). Lower is better."""
-    gap = np.abs(coobservation_shares(real_counts) - coobservation_shares(syn_counts))
+    return share_gap(coobservation_shares(real_counts), coobservation_shares(syn_counts))
+
+
+def share_gap(real_shares: np.ndarray, syn_shares: np.ndarray) -> np.ndarray:
+    """(F, F) |real − synthetic| of two :func:`coobservation_shares` matrices, NaN on the diagonal."""
+    gap = np.abs(real_shares - syn_shares)
     np.fill_diagonal(gap, np.nan)
     return gap
 

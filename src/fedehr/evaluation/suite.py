@@ -134,7 +134,8 @@ def _observed_bins(inp: Inputs) -> Result:
 def _coobservation(inp: Inputs) -> Result:
     """Mean over feature pairs measured in both sets; per feature, the mean over its partners; the worst pairs."""
     names = inp.train.schema.temporal_names
-    gap = fid.coobservation_gap(inp.train.counts, inp.syn.counts)           # (F, F), NaN diagonal
+    shares = fid.coobservation_shares(inp.train.counts), fid.coobservation_shares(inp.syn.counts)
+    gap = fid.share_gap(*shares)                                            # (F, F), NaN diagonal
     iu, ju = np.triu_indices(len(names), k=1)
     upper = gap[iu, ju]
     ok = np.isfinite(upper)
@@ -142,7 +143,6 @@ def _coobservation(inp: Inputs) -> Result:
     k = fin.sum(axis=1)
     per_feature = np.where(k > 0, np.where(fin, gap, 0.0).sum(axis=1) / np.maximum(k, 1), np.nan)
     worst = np.argsort(-np.where(ok, upper, -1.0))[:10]
-    shares = fid.coobservation_shares(inp.train.counts), fid.coobservation_shares(inp.syn.counts)
     return {"value": _nanmean(upper), "per_feature": dict(zip(names, per_feature.tolist(), strict=True)),
             "worst_pairs": [{"pair": f"{names[iu[k]]}/{names[ju[k]]}", "real": float(shares[0][iu[k], ju[k]]),
                              "syn": float(shares[1][iu[k], ju[k]])} for k in worst if ok[k]]}

@@ -75,7 +75,7 @@ def joint_curves(p: torch.Tensor, pairs: torch.Tensor, block: int = 1 << 21) -> 
         f, g = pairs[a:a + chunk, 0], pairs[a:a + chunk, 1]
         hf, hg = h[:, f].t(), h[:, g].t()                                   # (P', C)
         qm = torch.stack([hf * hf + hg * hg, hf * hg], -1)                  # (P', C, 2)
-        dens = (qm @ coef).exp_().mean(1).double() / (2 * math.pi)  # (P', G) mean over cells
+        dens = (qm @ coef).exp_().mean(1).double() / (2 * math.pi)         # (P', G) mean over cells
         area = torch.cumsum(0.5 * (dens[:, 1:] + dens[:, :-1]) * step, 1)   # ∫ from θ_0 to θ_{i+1}
         area = torch.cat([torch.zeros(len(f), 1, dtype=area.dtype), area], 1)
         indep = (p64[:, f] * p64[:, g]).mean(0)                             # Φ(h)Φ(k) = p_f p_g: J at ρ = 0
