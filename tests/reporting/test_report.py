@@ -314,6 +314,10 @@ def test_report_of_a_real_evaluation(tmp_path: Path, cohorts: Cohorts) -> None:
     assert table_rows(text, "per-site-table")[0] == ["family", "metric", "site0", "site1", "pooled"]
     assert text.count("<img") == 8 and "Not shown" not in text
     assert 'id="fig-dcr"' in text and 'id="fig-roc"' in text
+    pairs = ev.metrics["pooled"]["fidelity"]["coobservation_gap"]["worst_pairs"]
+    rows = table_rows(text, "coobservation-table")
+    assert rows[0] == ["pair", "real", "synthetic"] and len(rows) == 1 + len(pairs) > 1
+    assert rows[1][0] == pairs[0]["pair"]
 
 
 def test_degenerate_cohorts_render_with_notices(tmp_path: Path, cohorts: Cohorts) -> None:

@@ -181,6 +181,16 @@ def site_table(by_site: dict[str, Any], pooled: dict[str, Any] | None = None) ->
     return {"columns": columns, "rows": rows, "notes": notes}
 
 
+def coobservation_rows(pooled: Any) -> list[tuple[str, str, str]]:
+    """The pooled ``coobservation_gap`` result's worst pairs as (pair, real share, synthetic share) display rows
+    (none when the metric was not run)."""
+    try:
+        pairs = pooled["fidelity"]["coobservation_gap"]["worst_pairs"]
+    except (KeyError, TypeError):
+        return []
+    return [(str(p["pair"]), fmt(p["real"]), fmt(p["syn"])) for p in pairs]
+
+
 def per_feature_table(per_feature: Any, feature_names: list[str]) -> dict[str, Any] | None:
     """metrics['per_feature'] as rows = features, columns = metrics (either nesting order accepted)."""
     if not isinstance(per_feature, dict) or not per_feature:
@@ -313,6 +323,7 @@ def context(*, evaluation: EvaluationLike, train: Cohort, test: Cohort, syntheti
         "per_site": site_table(metrics.get("per_site") or {}, metrics.get("pooled")),
         "federated": site_table(fed) if fed else None,
         "per_feature": per_feature_table(metrics.get("per_feature"), train.schema.temporal_names),
+        "coobservation": coobservation_rows(metrics.get("pooled")),
         "settings": [(k, fmt(v)) for k, v in flatten(metrics.get("settings") or {}).items()],
         "cohorts": cohort_rows({"real (train)": train, "real (test)": test, "synthetic": synthetic}),
         "schema": {"n_temporal": len(train.schema.temporal), "n_static": len(train.schema.static),
