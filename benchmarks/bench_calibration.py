@@ -18,7 +18,7 @@ run, the samplers named by --samplers (default: all four):
   coobservation  dispersion, plus the mask copula fitted now (sampling.calibrate_coobservation, the default):
               its target is the co-observed share of DIR's train split, which equals what the sites' sums give
               (same test file).
-The noise autocorrelations ρ_f are the run's in all three. Each sampler draws --draws synthetic cohorts as large
+The noise autocorrelations ρ_f are the run's in every sampler. Each sampler draws --draws synthetic cohorts as large
 as the train split (sample and evaluation seeds 0, 1000, 2000, ...; bench_methods uses S + 1000·j for training
 seed S, so the two score different samples of the same runs), scored with
 `fedehr.evaluation.evaluate(..., fast=True, per_site=False)` on the metrics listed in METRICS. Prints one JSON
