@@ -240,6 +240,14 @@ class SamplingConfig(_Section):
     calibrate_acf: bool = _f(True, "after training, set each numeric feature's noise autocorrelation ρ_f so that "
                              "the generator's lag-1 autocorrelation equals the federated real one (sites send "
                              "lag-1 sums in the stats round); noise_rho then applies to the latent noise only")
+    round_to_resolution: bool = _f(True, "round each numeric value to its feature's recording grid (heart rate "
+                                   "in whole beats, pH to 0.01, FiO2 in steps of 0.05; a bin holding k measurements "
+                                   "to the grid's k-th parts, as their mean is), learned from counts the sites send "
+                                   "of how many single measurements are multiples of each candidate step; static "
+                                   "features too. docs/methods.md §6")
+    resolution_share: float = _f(0.99, "a step is a feature's recording grid when at least this share of its single "
+                                 "measurements are multiples of it (the largest such step of 1-2-5 steps from "
+                                 "10^4 to 10^-4; none: not rounded)", min=0.5, max=1.0)
     latent_noise: float = _f(0.5, "scale of the TCVAE's learned per-step noise σ̂ added to latent codes before "
                              "the AE decodes them (0: decode the mean trajectory)", min=0.0)
     noise_rho: float = _f(0.9, "lag-1 autocorrelation of the sampling noise along time (AR(1)): the latent noise's, "

@@ -76,7 +76,7 @@ def test_fedavg_matches_fedehr_gen_epoch_budget(cohorts):
     assert [k[0] for k in build_plan(cfg)].count("ae-match") == 2 * 5
 
 
-ALLOWED = ("ae/", "tcvae/", "opt/", "stats/")
+ALLOWED = ("ae/", "tcvae/", "opt/", "stats/", "grid/")
 ALLOWED_EXACT = {"count_hist", "label_patterns", "count", "sum", "sumsq", "post_mean", "post_var",
                  "prior_n", "prior_sum", "prior_sumsq", "acf_sums", "observed_sq", "coobserved",
                  "within_sums"}
@@ -285,6 +285,48 @@ def test_coobservation_calibration_runs_from_site_sums(cohorts):
     wf2, _ = _run("fedavg", cohorts, ["sampling.calibrate_coobservation=false"])
     assert "mask_corr" not in wf2.sampling and "coobserved_rate" not in wf2.sampling
     assert wf2.generator()._plan("cpu").sampler.mask_chol_t is None
+
+
+def _recorded(c):
+    """The tiny cohort as a monitor would record it: HR and MAP in whole units, Temp to 0.1, Age in years."""
+    from fedehr.data.cohort import Cohort
+
+    values, static = c.values.copy(), c.static.copy()
+    values[..., [0, 1]] = np.rint(values[..., [0, 1]])
+    values[..., 2] = np.rint(values[..., 2] * 10) / 10
+    two = c.counts == 2
+    two[..., 3:] = False
+    values[two] += 0.5                                          # bins with two measurements hold a mean
+    static[:, 0] = np.rint(static[:, 0])
+    return Cohort(c.schema, c.stay_ids, c.sites, static, values, c.counts, c.labels)
+
+
+@pytest.mark.parametrize("method", ["fedavg", "cdmt-ehr"])
+def test_resolution_is_learned_from_site_counts_and_applied(method, cohorts):
+    """sampling.round_to_resolution (on by default): sites send on-grid counts of their single measurements; the
+    run stores each numeric feature's step (none for a continuous one or a binary one), records it, and samples
+    values on the step's k-th parts and static values on their step; off, nothing is sent or rounded."""
+    recorded = tuple(_recorded(c) for c in cohorts)
+    extra = ["diffusion.stage.rounds=1", "diffusion.cdmt.hidden=8"] if method == "cdmt-ehr" else []
+    wf, errors = _run(method, recorded, extra)
+    assert not errors
+    assert wf.sampling["temporal_quantum"] == [1.0, 1.0, 0.1, 0.0, 0.0]   # Lactate continuous, MechVent binary
+    assert wf.sampling["static_quantum"] == [1.0, 0.0]
+    entry = next(e for e in wf.metrics()["rounds"] if "resolution" in e)
+    assert entry["resolution"] == {"HR": 1.0, "MAP": 1.0, "Temp": 0.1, "Age": 1.0}
+    syn = wf.generator().sample(200, seed=1)
+    for f, q in ((0, 1.0), (2, 0.1)):
+        obs = syn.counts[..., f] > 0
+        units = syn.values[..., f][obs].astype(np.float64) * syn.counts[..., f][obs] / q
+        assert np.allclose(units, np.rint(units), atol=1e-3), f
+    lactate = syn.values[..., 3][np.isfinite(syn.values[..., 3])]
+    assert not np.allclose(lactate * 10, np.rint(lactate * 10), atol=1e-3)
+    age = syn.static[:, 0][np.isfinite(syn.static[:, 0])]
+    np.testing.assert_array_equal(age, np.rint(age))
+    wf2, _ = _run(method, recorded, [*extra, "sampling.round_to_resolution=false"])
+    assert "temporal_quantum" not in wf2.sampling
+    hr = wf2.generator().sample(200, seed=1).values[..., 0]
+    assert not np.allclose(hr[np.isfinite(hr)], np.rint(hr[np.isfinite(hr)]))
 
 
 def test_within_calibration_runs_from_site_sums(cohorts):

@@ -319,6 +319,38 @@ def test_sampler_values_follow_the_heads():
                                atol=0.01)
 
 
+def test_sampler_rounds_numeric_values_to_their_grid_and_changes_nothing_else():
+    """quantum (sampling.round_to_resolution): a numeric value in a cell with k measurements lands on the grid
+    q / k, within half a step of the unrounded draw (or at a bound); masks, counts and the non-numeric features
+    are the unrounded draw's, for the same seed."""
+    from fedehr.models.encoding import Blocks, TemporalSampler
+
+    schema, norm = _sampling_schema()
+    b = Blocks.of(schema.temporal)
+    n, t = 2000, 6
+    out = torch.as_tensor(np.random.default_rng(5).normal(0, 1, (n, t, b.out_width)), dtype=torch.float32)
+    pmf = np.tile([0.5, 0.3, 0.2], (5, 1))
+    q = np.array([1.0, 1.0, 0.1, 2.0, 1.0])                    # MechVent and Rhythm are not numeric: ignored
+    plain = TemporalSampler(schema.temporal, norm.temporal, pmf, None)
+    grid = TemporalSampler(schema.temporal, norm.temporal, pmf, None, quantum=q)
+    v0, c0 = _draw(plain, plain.apply_map(out), n, t, 5, seed=7)
+    v1, c1 = _draw(grid, grid.apply_map(out), n, t, 5, seed=7)
+    np.testing.assert_array_equal(c1, c0)
+    np.testing.assert_array_equal(np.isnan(v1), np.isnan(v0))
+    np.testing.assert_array_equal(v1[..., [1, 4]], v0[..., [1, 4]])
+    lo = np.array([s.valid_min for s in schema.temporal])
+    hi = np.array([s.valid_max for s in schema.temporal])
+    for f in (0, 2, 3):
+        obs = c1[..., f] > 0
+        step = q[f] / c1[..., f][obs]                          # (cells,) q / k
+        x, x0 = v1[..., f][obs].astype(np.float64), v0[..., f][obs].astype(np.float64)
+        units = x / step
+        bound = (x == np.float32(lo[f])) | (x == np.float32(hi[f]))
+        assert (np.abs(units - np.rint(units)) < 1e-3)[~bound].all(), f
+        assert (np.abs(x - x0) <= step / 2 + 1e-4 * np.abs(x0))[~bound].all(), f
+        assert (c1[..., f][obs] > 1).any() and len(np.unique(x)) > 10, f
+
+
 def test_sampler_presence_gates_the_mask():
     """Presence draws: an absent feature is never observed in its stay; a present one is observed in at least one
     hour (the likeliest when the per-hour draws gave none), elsewhere exactly as without presence."""

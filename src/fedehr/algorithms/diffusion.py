@@ -50,7 +50,7 @@ from fedehr.algorithms.fedehr_gen import prefixed, strip_prefix
 from fedehr.algorithms.planned import PlannedWorkflow
 from fedehr.algorithms.protocol import Reply, Task
 from fedehr.config import resolve_device
-from fedehr.data import fedstats
+from fedehr.data import fedstats, resolution
 from fedehr.data.cohort import Cohort
 from fedehr.data.schema import Schema
 from fedehr.data.transforms import Normaliser
@@ -278,6 +278,10 @@ class DiffusionWorkflow(PlannedWorkflow):
             "class_counts": [c.tolist() for c in counts],
             "minmax": channels.MinMax.from_stats(merged, self.schema).to_dict()})
         entry["label_counts"] = lab.tolist()
+        if self.cfg.sampling.round_to_resolution:
+            self.sampling.update(resolution.pooled_quanta([r.arrays for r in got], self.schema,
+                                                          self.cfg.sampling.resolution_share))
+            entry["resolution"] = resolution.describe(self.sampling, self.schema)
 
     def _receive_ae_train(self, got: list[Reply], entry: dict[str, Any]) -> None:
         n = [self.n_train[r.site] for r in got]

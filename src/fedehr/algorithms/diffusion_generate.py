@@ -22,6 +22,7 @@ from fedehr.algorithms.diffusion_spec import Experiment, channel_layout, label_i
 from fedehr.algorithms.diffusion_spec import matmul as matmul_name
 from fedehr.config import ExperimentConfig, resolve_device
 from fedehr.data.cohort import Cohort
+from fedehr.data.resolution import round_to_grid
 from fedehr.data.schema import Schema
 from fedehr.data.transforms import Normaliser
 from fedehr.errors import InputError
@@ -129,6 +130,13 @@ class DiffusionGenerator:
                                guidance=opts["guidance"], matmul=matmul)
             out = self._decode_cdmt(draw, gen)
         counts = draw_counts(np.isfinite(out["values"]), np.asarray(self.sampling["count_pmf"]), rng)
+        for part, c in (("temporal", counts), ("static", None)):  # sampling.round_to_resolution
+            quantum = self.sampling.get(f"{part}_quantum")
+            if quantum is not None:
+                specs = getattr(self.schema, part)
+                key = "values" if part == "temporal" else "static"
+                round_to_grid(out[key], c, np.asarray(quantum), np.array([s.valid_min for s in specs]),
+                              np.array([s.valid_max for s in specs]))
         labels = np.full((n, len(self.schema.labels)), np.nan, dtype=np.float32)
         j = label_index(self.cfg, self.schema)
         if j is not None and y is not None:

@@ -5,7 +5,8 @@ Actions (server: fedehr.algorithms.diffusion):
 
     hello, ae-train, latent-stats, evaluate   FedEHR-Gen's handlers (fedehr.algorithms.site), reused as they are
     dm-stats    FeatureStats, per-feature measurement-count histograms, class counts of the conditioning label
-                and of every CDMT categorical channel — aggregates only
+                and of every CDMT categorical channel, recording-grid counts (sampling.round_to_resolution) —
+                aggregates only
     dm-train    local epochs of the diffusion objective (+ FedProx μ/2·||θ − θ_global||²) through train_local,
                 with an EMA of the weights updated after every optimiser step; replies with the weights, the EMA
                 weights, the number of steps and the losses
@@ -100,11 +101,13 @@ def _data(task: Task, ctx: SiteContext, cfg: Experiment) -> dict[str, torch.Tens
 
 
 def _dm_stats(task: Task, ctx: SiteContext) -> Reply:
-    from fedehr.algorithms.site import count_histogram
+    from fedehr.algorithms.site import count_histogram, resolution_arrays
 
     cfg = _experiment(task, ctx)
     arrays = {f"stats/{k}": v for k, v in fedstats.site_stats(ctx.train).to_arrays().items()}
     arrays["count_hist"] = count_histogram(ctx.train.counts, cfg.sampling.max_count)
+    if cfg.sampling.round_to_resolution:
+        arrays.update(resolution_arrays(ctx.train))
     y = _labels(cfg, ctx)
     arrays["label_counts"] = np.bincount(y[y >= 0], minlength=2).astype(np.int64) if y is not None else \
         np.zeros(0, dtype=np.int64)

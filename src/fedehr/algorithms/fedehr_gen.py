@@ -35,7 +35,7 @@ from fedehr.aggregation.weighting import site_weights
 from fedehr.algorithms.planned import PlannedWorkflow
 from fedehr.algorithms.protocol import Reply, Task
 from fedehr.config import ExperimentConfig
-from fedehr.data import fedstats
+from fedehr.data import fedstats, resolution
 from fedehr.data.cohort import Cohort
 from fedehr.data.schema import Schema
 from fedehr.data.transforms import Normaliser
@@ -333,6 +333,10 @@ class GenWorkflow(PlannedWorkflow):
         if self.cfg.sampling.calibrate_coobservation:  # share of all (stay, hour) cells observing both features
             co = sum(np.asarray(r.arrays["coobserved"], dtype=np.float64) for r in got)
             self.sampling["coobserved_rate"] = (co / max(int(merged.n_stays[0]) * self.schema.n_bins, 1)).tolist()
+        if self.cfg.sampling.round_to_resolution:
+            self.sampling.update(resolution.pooled_quanta([r.arrays for r in got], self.schema,
+                                                          self.cfg.sampling.resolution_share))
+            entry["resolution"] = resolution.describe(self.sampling, self.schema)
         self.sampling.update({"label_probs": (pats / pats.sum()).tolist(), "count_pmf": pmf.tolist(),
                               "observed_rate": observed_rate.tolist(),
                               "label_prevalence": merged.prevalence.tolist(), "labels": list(self.schema.labels)})

@@ -13,7 +13,8 @@ One draw (vectorised over a batch of stays):
   4. mask ~ Bernoulli(sigmoid(mask logits)), one hour's features coupled by the fitted Gaussian copula
      (sampling.calibrate_coobservation, fedehr.models.mask_copula); binary ~ Bernoulli, categorical ~ softmax,
      numeric ~ N(μ, σ²);
-     normalisation inverted, values clipped to each feature's valid range, NaN where not observed;
+     normalisation inverted, values clipped to each feature's valid range, NaN where not observed, rounded to
+     each feature's recording grid (sampling.round_to_resolution, fedehr.data.resolution; static values too);
   5. counts = mask × a count drawn from the federated per-feature distribution of measurements per bin.
 Conditioning on a static feature sets it before the sequence is decoded (an intervention on s in
 p(h | u, y, s)); u is still drawn from the prior, so this is not an exact posterior conditional.
@@ -42,6 +43,7 @@ import torch.nn.functional as F_
 
 from fedehr.config import ExperimentConfig, resolve_device
 from fedehr.data.cohort import Cohort
+from fedehr.data.resolution import round_to_grid
 from fedehr.data.schema import Schema
 from fedehr.data.transforms import Normaliser
 from fedehr.errors import InputError
@@ -255,12 +257,14 @@ class SyntheticGenerator:
         pmf = self.sampling.get("count_pmf")
         rho = self.sampling.get("numeric_rho")  # per-feature ρ from sampling.calibrate_acf, else noise_rho
         corr = self.sampling.get("mask_corr") if calibrated else None  # sampling.calibrate_coobservation
+        quantum = self.sampling.get("temporal_quantum")  # sampling.round_to_resolution
         sampler = TemporalSampler(self.schema.temporal, self.normaliser.temporal,
                                   None if pmf is None else np.asarray(pmf, dtype=np.float64),
                                   None if bias is None else np.asarray(bias, dtype=np.float64),
                                   mask_scale=None if gain is None else np.asarray(gain, dtype=np.float64),
                                   within_scale=None if within is None else np.asarray(within, dtype=np.float64),
                                   mask_corr=None if corr is None else np.asarray(corr, dtype=np.float64),
+                                  quantum=None if quantum is None else np.asarray(quantum, dtype=np.float64),
                                   mask_mode=sc.mask, binary_mode=sc.binary, numeric_mode=sc.numeric,
                                   rho=sc.noise_rho if rho is None else np.asarray(rho, dtype=np.float64),
                                   device=device)
@@ -312,11 +316,14 @@ class SyntheticGenerator:
         return plan.decode(h)
 
     def _static_arrays(self, draws: dict[str, torch.Tensor]) -> np.ndarray:
-        """Static draws → (B, S) raw values clipped to the valid ranges, NaN where not observed."""
+        """Static draws → (B, S) raw values clipped to the valid ranges (and rounded to the recording grids),
+        NaN where not observed."""
         static = to_arrays(draws, self.layout.static, self.normaliser.inverse_transform_static)
         lo = np.array([s.valid_min for s in self.schema.static], dtype=np.float32)
         hi = np.array([s.valid_max for s in self.schema.static], dtype=np.float32)
-        return np.clip(static, lo, hi, out=static)
+        np.clip(static, lo, hi, out=static)
+        quantum = self.sampling.get("static_quantum")  # sampling.round_to_resolution
+        return static if quantum is None else round_to_grid(static, None, np.asarray(quantum), lo, hi)
 
     @property
     def sites(self) -> list[str]:

@@ -5,6 +5,7 @@ diffusion methods add ``dm-stats`` and ``dm-train`` (fedehr.algorithms.diffusion
 
     hello         sizes and the schema JSON (the server checks every site shares one schema)
     stats         FeatureStats arrays, per-feature histogram of measurements per bin, joint label-pattern counts
+                  (and the calibration sums and recording-grid counts the sampling options ask for)
     ae-train      train the whole autoencoder for some epochs (from the sent weights, or a site-seeded init)
     ae-retrain    retrain the layers above ``frozen_upto`` of this site's own (server-permuted) autoencoder
     latent-stats  per-unit count / sum / sum of squares of latent codes h_t under the sent encoder
@@ -32,7 +33,7 @@ import torch
 from fedehr.algorithms import diffusion_site
 from fedehr.algorithms.protocol import Reply, SiteContext, Task
 from fedehr.config import ExperimentConfig, resolve_device
-from fedehr.data import fedstats
+from fedehr.data import fedstats, resolution
 from fedehr.data.cohort import Cohort
 from fedehr.data.transforms import Normaliser
 from fedehr.errors import FedEHRError, InputError
@@ -208,6 +209,14 @@ def label_patterns(labels: np.ndarray) -> np.ndarray:
     return np.bincount(code[known], minlength=2 ** labels.shape[1]).astype(np.int64)
 
 
+def resolution_arrays(train: Cohort) -> dict[str, np.ndarray]:
+    """Counts of single measurements (temporal) and known values (static) on each candidate recording grid
+    (sampling.round_to_resolution, fedehr.data.resolution): sums over stays, never values."""
+    on_t, n_t = resolution.temporal_grid_counts(train.values, train.counts)
+    on_s, n_s = resolution.static_grid_counts(train.static)
+    return {"grid/temporal_on": on_t, "grid/temporal_n": n_t, "grid/static_on": on_s, "grid/static_n": n_s}
+
+
 def _stats(task: Task, ctx: SiteContext) -> Reply:
     cfg = experiment_config(task, ctx)
     st = fedstats.site_stats(ctx.train)
@@ -221,6 +230,8 @@ def _stats(task: Task, ctx: SiteContext) -> Reply:
         arrays["observed_sq"] = (o * o).sum(axis=0)
     if cfg.sampling.calibrate_coobservation:  # Σ_{i,t} o_itf o_itg (F, F): cells observing both features
         arrays["coobserved"] = fedstats.coobserved_bins(ctx.train.counts)
+    if cfg.sampling.round_to_resolution:
+        arrays.update(resolution_arrays(ctx.train))
     if cfg.sampling.calibrate_acf:  # for sampling.calibrate_acf: sums, not per-stay values
         from fedehr.evaluation.lags import lag_sums
 

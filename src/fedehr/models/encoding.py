@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F_
 
 from fedehr.data.cohort import Cohort
+from fedehr.data.resolution import grid_scale
 from fedehr.data.schema import FeatureSpec, Schema
 from fedehr.data.transforms import Normaliser
 from fedehr.models.mask_copula import cholesky_t, correlated_uniforms
@@ -350,7 +351,10 @@ class TemporalSampler:
       u < p ⟺ u / p < 1, so the mask and the counts agree exactly;
     * with ``mask_corr`` R (sampling.calibrate_coobservation) the uniforms of one (stay, hour) are Φ(L ε),
       R = L Lᵀ (fedehr.models.mask_copula): each still U(0, 1), so all of the above holds, but coupled across
-      features, so that features measured together share their hours.
+      features, so that features measured together share their hours;
+    * with ``quantum`` q_f (sampling.round_to_resolution, fedehr.data.resolution) a numeric value in a cell with
+      k measurements is rounded to the nearest multiple of q_f / k (a mean of k values recorded on the grid q_f),
+      then clipped again. Last: the mask and counts do not depend on it.
     """
 
     COMPARE_MAX = 8  # count supports up to this size use K comparisons, larger ones a binary search
@@ -358,7 +362,7 @@ class TemporalSampler:
     def __init__(self, specs: tuple[FeatureSpec, ...], columns, count_pmf: np.ndarray | None,
                  mask_bias: np.ndarray | None = None, *, mask_scale: np.ndarray | None = None,
                  within_scale: np.ndarray | None = None, mask_corr: np.ndarray | None = None,
-                 mask_mode: str = "bernoulli",
+                 quantum: np.ndarray | None = None, mask_mode: str = "bernoulli",
                  binary_mode: str = "bernoulli", numeric_mode: str = "sample", rho: float | np.ndarray = 0.0,
                  device: str | torch.device = "cpu") -> None:
         b = Blocks.of(specs)
@@ -400,6 +404,10 @@ class TemporalSampler:
         touch = np.flatnonzero(num & (lam != 1.0))
         self.within = (torch.as_tensor(touch, device=dev), f32(lam[touch]), f32(self.lo.cpu().numpy()[touch]),
                        f32(self.hi.cpu().numpy()[touch])) if touch.size else None
+        q = np.zeros(n) if quantum is None else np.asarray(quantum, dtype=np.float64).reshape(n)
+        grid = np.flatnonzero(num & (q > 0))                         # numeric features with a recording grid
+        self.grid = (torch.as_tensor(grid, device=dev), f32(grid_scale(q[grid])), f32(self.lo.cpu().numpy()[grid]),
+                     f32(self.hi.cpu().numpy()[grid])) if grid.size else None
         pmf = np.ones((n, 1)) if count_pmf is None else np.asarray(count_pmf, dtype=np.float64).reshape(n, -1)
         # pmf (F, K): P(count = k + 1 | observed); None: every observed bin has one measurement
         cdf = np.cumsum(pmf, axis=1)
@@ -491,3 +499,7 @@ class TemporalSampler:
             wf = w.nan_to_num(nan=2.0).permute(2, 0, 1).reshape(self.n, -1)  # (F, B·T); 0/0 → unobserved
             kk = thr.shape[0] - torch.searchsorted(self.thresholds_asc, wf.contiguous(), right=True)
             counts.copy_(kk.reshape(self.n, b, -1).permute(1, 2, 0))
+        if self.grid is not None:                                   # x ← round(x·k/q) / (k/q), k = max(count, 1)
+            cols, inv_q, lo, hi = self.grid
+            s = counts.index_select(-1, cols).to(torch.float32).clamp_(min=1.0).mul_(inv_q)  # (B, T, F') k / q
+            values[..., cols] = values.index_select(-1, cols).mul_(s).round_().div_(s).clamp_(lo, hi)
