@@ -319,10 +319,12 @@ def test_sampler_values_follow_the_heads():
                                atol=0.01)
 
 
-def test_sampler_rounds_numeric_values_to_their_grid_and_changes_nothing_else():
+@pytest.mark.parametrize("q", [[1.0, 1.0, 0.1, 2.0, 1.0],   # MechVent and Rhythm are not numeric: ignored
+                               [1.0, 0.0, 0.0, 2.0, 0.0]])  # Lactate without a grid: the column-subset path
+def test_sampler_rounds_numeric_values_to_their_grid_and_changes_nothing_else(q):
     """quantum (sampling.round_to_resolution): a numeric value in a cell with k measurements lands on the grid
-    q / k, within half a step of the unrounded draw (or at a bound); masks, counts and the non-numeric features
-    are the unrounded draw's, for the same seed."""
+    q / k, within half a step of the unrounded draw (or at a bound); masks, counts, the non-numeric features and
+    a numeric feature without a grid are the unrounded draw's, for the same seed."""
     from fedehr.models.encoding import Blocks, TemporalSampler
 
     schema, norm = _sampling_schema()
@@ -330,7 +332,7 @@ def test_sampler_rounds_numeric_values_to_their_grid_and_changes_nothing_else():
     n, t = 2000, 6
     out = torch.as_tensor(np.random.default_rng(5).normal(0, 1, (n, t, b.out_width)), dtype=torch.float32)
     pmf = np.tile([0.5, 0.3, 0.2], (5, 1))
-    q = np.array([1.0, 1.0, 0.1, 2.0, 1.0])                    # MechVent and Rhythm are not numeric: ignored
+    q = np.asarray(q)
     plain = TemporalSampler(schema.temporal, norm.temporal, pmf, None)
     grid = TemporalSampler(schema.temporal, norm.temporal, pmf, None, quantum=q)
     v0, c0 = _draw(plain, plain.apply_map(out), n, t, 5, seed=7)
@@ -340,7 +342,9 @@ def test_sampler_rounds_numeric_values_to_their_grid_and_changes_nothing_else():
     np.testing.assert_array_equal(v1[..., [1, 4]], v0[..., [1, 4]])
     lo = np.array([s.valid_min for s in schema.temporal])
     hi = np.array([s.valid_max for s in schema.temporal])
-    for f in (0, 2, 3):
+    if q[2] == 0:
+        np.testing.assert_array_equal(v1[..., 2], v0[..., 2])
+    for f in (0, 2, 3) if q[2] else (0, 3):
         obs = c1[..., f] > 0
         step = q[f] / c1[..., f][obs]                          # (cells,) q / k
         x, x0 = v1[..., f][obs].astype(np.float64), v0[..., f][obs].astype(np.float64)

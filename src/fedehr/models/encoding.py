@@ -406,8 +406,13 @@ class TemporalSampler:
                        f32(self.hi.cpu().numpy()[touch])) if touch.size else None
         q = np.zeros(n) if quantum is None else np.asarray(quantum, dtype=np.float64).reshape(n)
         grid = np.flatnonzero(num & (q > 0))                         # numeric features with a recording grid
-        self.grid = (torch.as_tensor(grid, device=dev), f32(grid_scale(q[grid])), f32(self.lo.cpu().numpy()[grid]),
-                     f32(self.hi.cpu().numpy()[grid])) if grid.size else None
+        self.grid = None
+        if grid.size == num.sum() and grid.size:  # all of them: round every column, binary and categorical codes
+            inv = np.where(num, grid_scale(np.where(num, q, 1.0)), 1.0)  # on the grid 1 (integers: unchanged)
+            self.grid = (None, f32(inv), self.lo, self.hi)
+        elif grid.size:
+            self.grid = (torch.as_tensor(grid, device=dev), f32(grid_scale(q[grid])),
+                         f32(self.lo.cpu().numpy()[grid]), f32(self.hi.cpu().numpy()[grid]))
         pmf = np.ones((n, 1)) if count_pmf is None else np.asarray(count_pmf, dtype=np.float64).reshape(n, -1)
         # pmf (F, K): P(count = k + 1 | observed); None: every observed bin has one measurement
         cdf = np.cumsum(pmf, axis=1)
@@ -494,12 +499,19 @@ class TemporalSampler:
             for j in range(1, thr.shape[0]):
                 obs.add_(torch.lt(w, thr[j], out=tmp))
             counts.copy_(obs)
+            k = obs                                                 # (B, T, F) float counts (scratch from here)
         else:  # binary search per feature: count = K − #{j: threshold_j ≤ w}
             b = w.shape[0]
             wf = w.nan_to_num(nan=2.0).permute(2, 0, 1).reshape(self.n, -1)  # (F, B·T); 0/0 → unobserved
             kk = thr.shape[0] - torch.searchsorted(self.thresholds_asc, wf.contiguous(), right=True)
             counts.copy_(kk.reshape(self.n, b, -1).permute(1, 2, 0))
+            k = None
         if self.grid is not None:                                   # x ← round(x·k/q) / (k/q), k = max(count, 1)
             cols, inv_q, lo, hi = self.grid
-            s = counts.index_select(-1, cols).to(torch.float32).clamp_(min=1.0).mul_(inv_q)  # (B, T, F') k / q
-            values[..., cols] = values.index_select(-1, cols).mul_(s).round_().div_(s).clamp_(lo, hi)
+            k = counts.to(torch.float32) if k is None else k
+            if cols is None:                                        # every column, in place
+                s = k.clamp_(min=1.0).mul_(inv_q)                   # (B, T, F) k / q
+                values.mul_(s).round_().div_(s).clamp_(lo, hi)
+            else:
+                s = k.index_select(-1, cols).clamp_(min=1.0).mul_(inv_q)  # (B, T, F') k / q
+                values[..., cols] = values.index_select(-1, cols).mul_(s).round_().div_(s).clamp_(lo, hi)
