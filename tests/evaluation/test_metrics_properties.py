@@ -190,6 +190,27 @@ def test_coobservation_gap_sees_a_panel_split_into_different_hours():
     assert fid.coobservation_shares(c)[0, 2] == pytest.approx(want, rel=1e-12)
 
 
+
+def test_intensity_correlation_gap_sees_stays_charted_intensely_for_unrelated_features():
+    """Two features whose per-stay shares of measured hours are independent in real stays and move together in
+    synthetic ones (one "how intensely charted" factor): every rate and per-stay count distribution agrees, the
+    hours within a stay are the same, and only this metric sees it. Checked against np.corrcoef."""
+    rng = np.random.default_rng(0)
+    n, t = 400, 12
+    k0, k1 = rng.integers(0, t + 1, n), rng.integers(0, t + 1, n)          # hours measured per stay
+    hours = np.arange(t)[None, :]
+    real = np.stack([hours < k0[:, None], hours < k1[:, None], hours < t // 2 + 0 * k0[:, None]], -1)
+    syn = real.copy()
+    syn[..., 1] = hours < np.sort(k1)[np.argsort(np.argsort(k0))][:, None]  # k1's values in k0's order
+    real, syn = real.astype(np.int32), syn.astype(np.int32)
+    np.testing.assert_allclose(fid.observed_bins_gap(real, syn), 0.0, atol=1e-12)
+    r = fid.intensity_correlation(real)
+    assert r[0, 1] == pytest.approx(np.corrcoef(k0, k1)[0, 1], abs=1e-9)
+    assert np.isnan(r[0, 2]) and np.isnan(r[2, 2]) and r[0, 0] == pytest.approx(1.0)  # feature 2: constant share
+    gap = fid.intensity_correlation_gap(real, syn)
+    assert abs(r[0, 1]) < 0.15 and gap[0, 1] > 0.8 and gap[0, 1] == gap[1, 0] and np.isnan(gap[0, 0])
+    assert np.nanmax(fid.intensity_correlation_gap(real, real)) == 0.0
+
 @FAST
 @given(arrays(np.float64, st.tuples(st.integers(3, 30), st.integers(1, 4)), elements=finite),
        arrays(np.float64, st.tuples(st.integers(3, 30), st.integers(1, 4)), elements=finite),

@@ -125,10 +125,28 @@ def coobservation_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -> np.nda
 
 
 def share_gap(real_shares: np.ndarray, syn_shares: np.ndarray) -> np.ndarray:
-    """(F, F) |real − synthetic| of two :func:`coobservation_shares` matrices, NaN on the diagonal."""
+    """(F, F) |real − synthetic| of two pairwise matrices (:func:`coobservation_shares`,
+    :func:`intensity_correlation`), NaN on the diagonal."""
     gap = np.abs(real_shares - syn_shares)
     np.fill_diagonal(gap, np.nan)
     return gap
+
+
+def intensity_correlation(counts: np.ndarray) -> np.ndarray:
+    """(N, T, F) counts -> (F, F) Pearson correlation over stays of o_if / T and o_ig / T, the shares of a stay's
+    bins measuring f and g: whether stays charted intensely for one feature are charted intensely for the other
+    (labs of one panel, sicker patients getting more of every lab). 1 on the diagonal of features whose share
+    varies between stays, NaN where either share is constant over stays."""
+    o = (counts > 0).mean(axis=1)                                          # (N, F)
+    return pairwise_corr(o, min_pairs=2)
+
+
+def intensity_correlation_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -> np.ndarray:
+    """(F, F) |real − synthetic| :func:`intensity_correlation`, NaN on the diagonal and where either set leaves
+    a feature's share constant. :func:`coobservation_gap` compares which hours of one stay measure a pair; this
+    compares how the amount of measuring co-varies between stays. real_counts (N, T, F), syn_counts (M, T, F).
+    Lower is better."""
+    return share_gap(intensity_correlation(real_counts), intensity_correlation(syn_counts))
 
 
 def measurements_per_bin(counts: np.ndarray) -> np.ndarray:

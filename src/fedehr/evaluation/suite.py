@@ -131,11 +131,10 @@ def _observed_bins(inp: Inputs) -> Result:
     return {"value": float(gap.mean()), "per_feature": dict(zip(names, gap.tolist(), strict=True))}
 
 
-def _coobservation(inp: Inputs) -> Result:
-    """Mean over feature pairs measured in both sets; per feature, the mean over its partners; the worst pairs."""
-    names = inp.train.schema.temporal_names
-    shares = fid.coobservation_shares(inp.train.counts), fid.coobservation_shares(inp.syn.counts)
-    gap = fid.share_gap(*shares)                                            # (F, F), NaN diagonal
+def _pair_gap(names: list[str] | tuple[str, ...], real: np.ndarray, syn: np.ndarray) -> Result:
+    """Two (F, F) pairwise matrices → the mean |real − synthetic| over pairs defined in both; per feature, the
+    mean over its partners; the ten worst pairs with both values."""
+    gap = fid.share_gap(real, syn)                                          # (F, F), NaN diagonal
     iu, ju = np.triu_indices(len(names), k=1)
     upper = gap[iu, ju]
     ok = np.isfinite(upper)
@@ -144,8 +143,18 @@ def _coobservation(inp: Inputs) -> Result:
     per_feature = np.where(k > 0, np.where(fin, gap, 0.0).sum(axis=1) / np.maximum(k, 1), np.nan)
     worst = np.argsort(-np.where(ok, upper, -1.0))[:10]
     return {"value": _nanmean(upper), "per_feature": dict(zip(names, per_feature.tolist(), strict=True)),
-            "worst_pairs": [{"pair": f"{names[iu[k]]}/{names[ju[k]]}", "real": float(shares[0][iu[k], ju[k]]),
-                             "syn": float(shares[1][iu[k], ju[k]])} for k in worst if ok[k]]}
+            "worst_pairs": [{"pair": f"{names[iu[k]]}/{names[ju[k]]}", "real": float(real[iu[k], ju[k]]),
+                             "syn": float(syn[iu[k], ju[k]])} for k in worst if ok[k]]}
+
+
+def _coobservation(inp: Inputs) -> Result:
+    return _pair_gap(inp.train.schema.temporal_names, fid.coobservation_shares(inp.train.counts),
+                     fid.coobservation_shares(inp.syn.counts))
+
+
+def _intensity(inp: Inputs) -> Result:
+    return _pair_gap(inp.train.schema.temporal_names, fid.intensity_correlation(inp.train.counts),
+                     fid.intensity_correlation(inp.syn.counts))
 
 
 def _meas_rate(inp: Inputs) -> Result:
@@ -384,6 +393,9 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("coobservation_gap", _coobservation, "fidelity", "min", 0.0, 0.05,
                "mean over feature pairs of |share of the hours measuring either that measure both, real - "
                "synthetic| (lab panels measured together)"),
+    MetricSpec("intensity_correlation_gap", _intensity, "fidelity", "min", 0.0, 0.05,
+               "mean over feature pairs of |correlation over stays of the shares of bins measuring each, real - "
+               "synthetic| (how the amount of charting co-varies between stays)", bounds=(0.0, 2.0)),
     MetricSpec("measurement_rate_gap", _meas_rate, "fidelity", "min", 0.0, 0.1,
                "mean |measurements per observed bin, real - synthetic|", bounds=(0.0, math.inf)),
     MetricSpec("dimension_wise_r", _dimwise_r, "fidelity", "max", 1.0, 0.9,
@@ -500,7 +512,8 @@ def _per_feature(pooled: dict[str, Result], inp: Inputs) -> dict[str, dict[str, 
     names = [*inp.train.schema.temporal_names, *(f"static:{n}" for n in inp.train.schema.static_names)]
     table: dict[str, dict[str, float]] = {n: {} for n in names}
     for metric in ("wasserstein", "ks", "prevalence_gap", "missingness_gap", "presence_gap", "observed_bins_gap",
-                   "coobservation_gap", "measurement_rate_gap", "autocorrelation_gap", "trajectory_gap"):
+                   "coobservation_gap", "intensity_correlation_gap", "measurement_rate_gap", "autocorrelation_gap",
+                   "trajectory_gap"):
         for feat, v in pooled.get(metric, {}).get("per_feature", {}).items():
             table[feat][metric] = v
     for key in ("observed_real", "observed_syn"):
