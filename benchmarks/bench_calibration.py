@@ -2,13 +2,13 @@
 switched off one at a time, scored by the evaluation suite.
 
 Usage: .venv/bin/python benchmarks/bench_calibration.py --cohort DIR --runs RUN [RUN ...] [--draws 3]
-           [--samplers rate dispersion within coobservation resolution] [--json OUT]
+           [--samplers rate dispersion within coobservation resolution intensity] [--json OUT]
 
 DIR is the cohort the runs were trained on (train and test splits), e.g. WORK/physionet2012/cohort of
 `benchmarks/bench_methods.py`; each RUN is a finished `fedehr train` run of a TCVAE method (fedehr-gen,
 fedavg, fedavg-direct, centralized, local) trained with sampling.calibrate_dispersion on (the default), e.g.
 WORK/physionet2012/runs/fedehr-gen-s0. Nothing is retrained, and the run directories are only read. For every
-run, the samplers named by --samplers (default: all five):
+run, the samplers named by --samplers (default: all six):
   rate        mask offsets b_f refitted with every gain 1 (sampling.calibrate_dispersion off), no mask copula;
   dispersion  mask gains a_f and offsets as the run fitted them, no mask copula (the default before the
               copula; every run trained before it samples this way);
@@ -20,8 +20,12 @@ run, the samplers named by --samplers (default: all five):
               (same test file);
   resolution  coobservation, plus every numeric value rounded to its feature's recording grid
               (sampling.round_to_resolution, the default): the steps are chosen from DIR's train split, which
-              gives what the sites' counts give (same test file).
-Every sampler but `resolution` draws continuous values (the run's learned steps, if any, are dropped).
+              gives what the sites' counts give (same test file);
+  intensity   resolution, plus the stay-level intensity map fitted now (sampling.calibrate_intensity, off by
+              default), then the copula refitted: its target is the correlation over DIR's train stays of the
+              observed bins per stay, which equals what the sites' sums give (same test file).
+Every sampler but `resolution` and `intensity` draws continuous values (the run's learned steps, if any, are
+dropped).
 The noise autocorrelations ρ_f are the run's in every sampler. Each sampler draws --draws synthetic cohorts as large
 as the train split (sample and evaluation seeds 0, 1000, 2000, ...; bench_methods uses S + 1000·j for training
 seed S, so the two score different samples of the same runs), scored with
@@ -42,13 +46,19 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("utility_gbm", "discriminative_gbm", "observed_bins_gap", "presence_gap", "coobservation_gap",
-           "autocorrelation_gap", "wasserstein", "ks", "membership_auc")
-SAMPLERS = ("rate", "dispersion", "within", "coobservation", "resolution")
+           "intensity_correlation_gap", "missingness_gap", "autocorrelation_gap", "wasserstein", "ks",
+           "membership_auc")
+SAMPLERS = ("rate", "dispersion", "within", "coobservation", "resolution", "intensity")
 
 
 def sampler(gen, kind: str, train):
     """The run's generator with the calibrations of ``kind`` (see the module docstring); gen is modified."""
-    from fedehr.algorithms.generate import calibrate_coobservation, calibrate_mask, calibrate_within
+    from fedehr.algorithms.generate import (
+        calibrate_coobservation,
+        calibrate_intensity,
+        calibrate_mask,
+        calibrate_within,
+    )
     from fedehr.algorithms.site import resolution_arrays
     from fedehr.data import resolution
     from fedehr.data.fedstats import coobserved_bins, within_stay_sums, within_stay_variance
@@ -57,14 +67,21 @@ def sampler(gen, kind: str, train):
     gen.sampling.pop("mask_corr", None)
     gen.sampling.pop("temporal_quantum", None)
     gen.sampling.pop("static_quantum", None)
-    if kind == "resolution":
+    gen.sampling.pop("intensity_map", None)
+    if kind in ("resolution", "intensity"):
         gen.sampling.update(resolution.pooled_quanta([resolution_arrays(train)], train.schema,
                                                      gen.cfg.sampling.resolution_share))
     if kind == "within":
         target = within_stay_variance(within_stay_sums(train.values))
         gen.sampling["within_scale"] = calibrate_within(gen, target, seed=gen.cfg.seed).tolist()
-    if kind in ("coobservation", "resolution"):
+    if kind in ("coobservation", "resolution", "intensity"):
         target = coobserved_bins(train.counts) / (len(train) * train.schema.n_bins)
+        gen.sampling["mask_corr"] = calibrate_coobservation(gen, target, seed=gen.cfg.seed).tolist()
+    if kind == "intensity":  # as the workflow does it: the map, then the copula again
+        o = (train.counts > 0).sum(axis=1).astype(np.float64)              # (N, F) observed bins per stay
+        imap = calibrate_intensity(gen, o.T @ o / len(o), o.mean(0), seed=gen.cfg.seed)
+        if imap is not None:
+            gen.sampling["intensity_map"] = imap.to_dict()
         gen.sampling["mask_corr"] = calibrate_coobservation(gen, target, seed=gen.cfg.seed).tolist()
     if kind == "rate":
         gen.sampling.pop("mask_scale", None)

@@ -232,6 +232,14 @@ class SamplingConfig(_Section):
                                        "panels, blood-pressure triples) share hours as often as in the federated "
                                        "data (sites send Σ_{i,t} o_itf o_itg, an F × F matrix summed over their "
                                        "stays and hours); every cell keeps its probability. docs/methods.md §6")
+    calibrate_intensity: bool = _f(False, "after the mask copula, couple the features' stay-level mask logits "
+                                   "so that the correlation over stays of their observed bins matches the "
+                                   "federated one (sites send Σ_i o_if o_ig, an F × F matrix summed over their "
+                                   "stays); each feature keeps its rate and spread. Off by default while it is "
+                                   "measured (docs/methods.md §6)")
+    intensity_min_sd: float = _f(0.1, "calibrate_intensity couples only the features whose stay-mean mask logit "
+                                 "varies between stays by at least this SD (logits); the others are drawn at one "
+                                 "rate in every stay and have no intensity to couple", min=0.0)
     calibrate_within: bool = _f(False, "after the other calibrations, scale each numeric feature's deviations "
                                 "from its stay mean, x ← x̄ + λ_f (x − x̄), λ_f ∈ [0, 2], so that its "
                                 "within-stay variance matches the federated one (sites send within-stay sums of "

@@ -287,6 +287,27 @@ def test_coobservation_calibration_runs_from_site_sums(cohorts):
     assert wf2.generator()._plan("cpu").sampler.mask_chol_t is None
 
 
+def test_intensity_calibration_runs_from_site_sums(cohorts):
+    """sampling.calibrate_intensity (off by default): sites send Σ_i o_if o_ig (an F × F sum over their stays);
+    the run stores the pooled E[o_f o_g], fits a map over the features whose stay-level logits vary, records
+    which, and samples with it; off, nothing is sent or fitted."""
+    # the tiny model's stay-mean logits vary by 0.005-0.02: a threshold below that lets three features take part
+    wf, errors = _run("fedavg", cohorts, ["sampling.calibrate_intensity=true", "sampling.intensity_min_sd=0.004"])
+    assert not errors
+    o = (cohorts[0].counts > 0).sum(axis=1).astype(np.float64)  # (N, F) the pooled training stays, directly
+    np.testing.assert_allclose(wf.sampling["observed_cross"], o.T @ o / len(o), rtol=1e-12)
+    imap = wf.sampling["intensity_map"]
+    k = len(imap["cols"])
+    assert k >= 2 and np.asarray(imap["shift"]).shape == (k, k) and (np.asarray(imap["sd"]) > 0).all()
+    last = [e for e in wf.metrics()["rounds"] if e["action"] == "prior-stats"][-1]
+    names = cohorts[0].schema.temporal_names
+    assert last["intensity_map"]["features"] == [names[j] for j in imap["cols"]]
+    assert wf.generator()._plan("cpu").sampler.intensity is not None
+    assert len(wf.generator().sample(50, seed=0)) == 50
+    wf2, _ = _run("fedavg", cohorts, [])
+    assert "intensity_map" not in wf2.sampling and "observed_cross" not in wf2.sampling
+    assert wf2.generator()._plan("cpu").sampler.intensity is None
+
 def _recorded(c):
     """The tiny cohort as a monitor would record it: HR and MAP in whole units, Temp to 0.1, Age in years."""
     from fedehr.data.cohort import Cohort

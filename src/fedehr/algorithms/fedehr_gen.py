@@ -333,6 +333,9 @@ class GenWorkflow(PlannedWorkflow):
         if self.cfg.sampling.calibrate_coobservation:  # share of all (stay, hour) cells observing both features
             co = sum(np.asarray(r.arrays["coobserved"], dtype=np.float64) for r in got)
             self.sampling["coobserved_rate"] = (co / max(int(merged.n_stays[0]) * self.schema.n_bins, 1)).tolist()
+        if self.cfg.sampling.calibrate_intensity:  # E[o_f o_g] over all training stays
+            cross = sum(np.asarray(r.arrays["observed_cross"], dtype=np.float64) for r in got)
+            self.sampling["observed_cross"] = (cross / max(int(merged.n_stays[0]), 1)).tolist()
         if self.cfg.sampling.round_to_resolution:
             self.sampling.update(resolution.pooled_quanta([r.arrays for r in got], self.schema,
                                                           self.cfg.sampling.resolution_share))
@@ -414,10 +417,17 @@ class GenWorkflow(PlannedWorkflow):
 
     def _calibrate(self) -> dict[str, dict[str, float]]:
         """Fit the per-feature mask offsets and gains (sampling.calibrate_mask / calibrate_dispersion), the mask
-        copula (sampling.calibrate_coobservation), then the
+        copula (sampling.calibrate_coobservation), the stay-level intensity map (sampling.calibrate_intensity,
+        then the copula again), then the
         numeric noise autocorrelations (sampling.calibrate_acf), then the within-stay scales
         (sampling.calibrate_within) of the current generator; returns what it fitted, by feature."""
-        from fedehr.algorithms.generate import calibrate_acf, calibrate_coobservation, calibrate_mask, calibrate_within
+        from fedehr.algorithms.generate import (
+            calibrate_acf,
+            calibrate_coobservation,
+            calibrate_intensity,
+            calibrate_mask,
+            calibrate_within,
+        )
 
         assert self.schema is not None
         sc, out = self.cfg.sampling, {}
@@ -426,6 +436,7 @@ class GenWorkflow(PlannedWorkflow):
         self.sampling.pop("within_scale", None)
         self.sampling.pop("numeric_rho", None)
         self.sampling.pop("mask_corr", None)
+        self.sampling.pop("intensity_map", None)
         names = self.schema.temporal_names
         if sc.calibrate_mask:
             sq = np.asarray(self.sampling["observed_sq"]) if sc.fits_dispersion else None
@@ -442,6 +453,17 @@ class GenWorkflow(PlannedWorkflow):
             self.sampling["mask_corr"] = corr.tolist()
             upper = corr[np.triu_indices(len(names), k=1)]
             out["mask_corr"] = {"pairs_above_0.5": int((upper > 0.5).sum()), "max": float(upper.max(initial=0.0))}
+        if sc.calibrate_intensity:  # after the copula: the per-stay counts it fits include the hours' coupling
+            imap = calibrate_intensity(self.generator(), np.asarray(self.sampling["observed_cross"]),
+                                       np.asarray(self.sampling["observed_rate"]) * self.schema.n_bins,
+                                       seed=self.cfg.seed)
+            if imap is not None:
+                self.sampling["intensity_map"] = imap.to_dict()
+                out["intensity_map"] = {"features": [names[j] for j in imap.cols]}
+            if sc.calibrate_coobservation:  # the shifted logits move the hours' joint draws a little: refit
+                corr = calibrate_coobservation(self.generator(), np.asarray(self.sampling["coobserved_rate"]),
+                                               seed=self.cfg.seed)
+                self.sampling["mask_corr"] = corr.tolist()
         if sc.calibrate_acf:
             target = np.array([np.nan if a is None else a for a in self.sampling["acf_target"]], dtype=np.float64)
             rho = calibrate_acf(self.generator(), target, seed=self.cfg.seed)

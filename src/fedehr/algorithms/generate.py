@@ -51,6 +51,7 @@ from fedehr.models.autoencoder import Autoencoder, build_autoencoder
 from fedehr.models.encoding import Layout, TemporalSampler, ar1_noise, to_arrays
 from fedehr.models.fastlinear import Affine, linear
 from fedehr.models.gru_decoder import GRUDecoder
+from fedehr.models.stay_intensity import IntensityMap, fit_intensity, target_correlation
 from fedehr.models.tcvae import TCVAE, build_for, latent_gaussian, site_columns, with_site
 from fedehr.models.tcvae import sample as tcvae_sample
 from fedehr.threads import block_seed, run_batches
@@ -258,6 +259,7 @@ class SyntheticGenerator:
         rho = self.sampling.get("numeric_rho")  # per-feature ρ from sampling.calibrate_acf, else noise_rho
         corr = self.sampling.get("mask_corr") if calibrated else None  # sampling.calibrate_coobservation
         quantum = self.sampling.get("temporal_quantum")  # sampling.round_to_resolution
+        imap = self.sampling.get("intensity_map") if calibrated else None  # sampling.calibrate_intensity
         sampler = TemporalSampler(self.schema.temporal, self.normaliser.temporal,
                                   None if pmf is None else np.asarray(pmf, dtype=np.float64),
                                   None if bias is None else np.asarray(bias, dtype=np.float64),
@@ -265,6 +267,7 @@ class SyntheticGenerator:
                                   within_scale=None if within is None else np.asarray(within, dtype=np.float64),
                                   mask_corr=None if corr is None else np.asarray(corr, dtype=np.float64),
                                   quantum=None if quantum is None else np.asarray(quantum, dtype=np.float64),
+                                  intensity=None if imap is None else IntensityMap.from_dict(imap),
                                   mask_mode=sc.mask, binary_mode=sc.binary, numeric_mode=sc.numeric,
                                   rho=sc.noise_rho if rho is None else np.asarray(rho, dtype=np.float64),
                                   device=device)
@@ -481,10 +484,33 @@ def calibrate_coobservation(gen: SyntheticGenerator, target: np.ndarray, *, n: i
     gen.to("cpu")
     plan = gen._plan("cpu")
     heads, pres = _calibration_heads(gen, n, seed, plan, keep=1)
-    p = torch.sigmoid(heads[0].float())                      # (n, T, F) calibrated probabilities, schema order
+    p = torch.sigmoid(plan.sampler.stay_shift(heads[0].float()))  # (n, T, F) calibrated probabilities
     if pres is not None:
         p = p * pres[:, None, :].to(p.dtype)
     return fit_correlation(p.reshape(-1, p.shape[-1]), target)
+
+
+@torch.no_grad()
+def calibrate_intensity(gen: SyntheticGenerator, cross: np.ndarray, mean: np.ndarray, *, n: int = 1000,
+                        seed: int = 0) -> IntensityMap | None:
+    """The stay-level intensity map (fedehr.models.stay_intensity): for the temporal features whose stay-mean
+    mask logits vary between stays, the correlation over stays of their observed bins o_f equals the federated
+    one, from ``cross`` (F, F) E[o_f o_g] and ``mean`` (F,) E[o_f] over all training stays. Fitted on ``n`` stays
+    drawn with labels from the federated label distribution, calibrated offsets, gains and mask copula applied
+    (the generator must not carry a map yet); None when fewer than two features vary."""
+    from fedehr.models.mask_copula import correlated_uniforms
+
+    gen.to("cpu")
+    plan = gen._plan("cpu")
+    if plan.sampler.intensity is not None:
+        raise ValueError("calibrate_intensity fits the map from scratch: drop sampling['intensity_map'] first")
+    heads, _ = _calibration_heads(gen, n, seed, plan, keep=1)
+    logits = heads[0].float()                                # (n, T, F) calibrated mask logits, schema order
+    g = torch.Generator().manual_seed(seed + 1)
+    chol = plan.sampler.mask_chol_t
+    u = (torch.rand(logits.shape, generator=g) if chol is None
+         else correlated_uniforms(tuple(logits.shape), chol, generator=g))
+    return fit_intensity(logits, u, target_correlation(cross, mean), min_sd=gen.cfg.sampling.intensity_min_sd)
 
 
 @torch.no_grad()

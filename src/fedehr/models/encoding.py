@@ -29,6 +29,7 @@ from fedehr.data.resolution import grid_scale
 from fedehr.data.schema import FeatureSpec, Schema
 from fedehr.data.transforms import Normaliser
 from fedehr.models.mask_copula import cholesky_t, correlated_uniforms
+from fedehr.models.stay_intensity import IntensityMap, apply_intensity
 
 
 @dataclass(frozen=True)
@@ -349,6 +350,9 @@ class TemporalSampler:
       U(0, 1), so count = Σ_j [w < 1 − C_{j−1}] (C_j = P(count ≤ j + 1) from the federated count distribution,
       C_{−1} = 0) is an exact inverse-CDF draw; unobserved cells have w ≥ 1 and count 0. In float32,
       u < p ⟺ u / p < 1, so the mask and the counts agree exactly;
+    * with ``intensity`` (sampling.calibrate_intensity, fedehr.models.stay_intensity) each stay's mask logits
+      are first shifted, per feature and constant over hours, so that the stay-level intensities of the features
+      have the fitted dependence;
     * with ``mask_corr`` R (sampling.calibrate_coobservation) the uniforms of one (stay, hour) are Φ(L ε),
       R = L Lᵀ (fedehr.models.mask_copula): each still U(0, 1), so all of the above holds, but coupled across
       features, so that features measured together share their hours;
@@ -362,7 +366,8 @@ class TemporalSampler:
     def __init__(self, specs: tuple[FeatureSpec, ...], columns, count_pmf: np.ndarray | None,
                  mask_bias: np.ndarray | None = None, *, mask_scale: np.ndarray | None = None,
                  within_scale: np.ndarray | None = None, mask_corr: np.ndarray | None = None,
-                 quantum: np.ndarray | None = None, mask_mode: str = "bernoulli",
+                 quantum: np.ndarray | None = None, intensity: IntensityMap | None = None,
+                 mask_mode: str = "bernoulli",
                  binary_mode: str = "bernoulli", numeric_mode: str = "sample", rho: float | np.ndarray = 0.0,
                  device: str | torch.device = "cpu") -> None:
         b = Blocks.of(specs)
@@ -394,6 +399,8 @@ class TemporalSampler:
         f32 = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)  # noqa: E731
         self._maps = [(torch.as_tensor(i, device=dev), f32(a), f32(c)) for i, a, c in self.maps]
         self.mask_chol_t = None if mask_corr is None else cholesky_t(np.asarray(mask_corr).reshape(n, n), dev)
+        self.intensity = intensity
+        self._intensity = None if intensity is None else intensity.tensors(dev)
         self.sd_scale = f32(scale)                                  # (F,) s, 0 for non-numeric features
         self.origin = f32(np.where(log, origin, 0.0))
         self.log_runs = _runs(log)
@@ -435,6 +442,11 @@ class TemporalSampler:
         return [(as_t(w64[i] * a[:, None]), as_t(b64[i] * a + c)) for i, a, c in self.maps]
 
     # ---- the draw ---------------------------------------------------------------------------------------------
+    def stay_shift(self, logit: torch.Tensor) -> torch.Tensor:
+        """Calibrated mask logits (B, T, F) → the same with each stay's intensity map applied (in place;
+        sampling.calibrate_intensity, fedehr.models.stay_intensity); unchanged without a map."""
+        return logit if self._intensity is None else apply_intensity(logit, *self._intensity)
+
     def draw(self, heads: list[torch.Tensor], *, generator: torch.Generator | None, values: torch.Tensor,
              counts: torch.Tensor, presence: torch.Tensor | None = None) -> None:
         """The four sampling heads (contiguous, B × T leading; overwritten, used as scratch) → ``values``
@@ -472,7 +484,7 @@ class TemporalSampler:
             k += c
         values.clamp_(self.lo, self.hi)
         # Mask and counts from one uniform per cell (see the class docstring).
-        p = logit.sigmoid_()
+        p = self.stay_shift(logit).sigmoid_()
         w = (torch.rand(p.shape, generator=generator, device=dev) if self.mask_chol_t is None
              else correlated_uniforms(tuple(p.shape), self.mask_chol_t, generator=generator))
         if self.mask_mode == "threshold":  # observed ⟺ p > ½; w stays U(0, 1) there for the count
