@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/bench_sampling.py [--json PATH] [--n 20000] [--repeats 3] [--device cpu]
                                                      [--threads 1 2] [--configs quickstart.toml fedehr-gen.toml]
+                                                     [--intensity]
 
 Builds a generator for a 48 h × 43-feature schema (every temporal variable of the catalogue, 4 static) with
 randomly initialised networks (throughput does not depend on the weights' values: every stage is dense), a
@@ -9,7 +10,8 @@ normaliser and count distribution fitted on a random cohort, then times ``Synthe
 end to end: labels, TCVAE decoding, AE decoding, head sampling (with the mask copula of
 sampling.calibrate_coobservation, as a trained run samples by default), inverse normalisation, clipping, counts,
 rounding to recording grids (sampling.round_to_resolution: every numeric feature, as on PhysioNet) and the
-Cohort. Reported per configuration and torch thread count: median wall seconds, stays/s (wall) and stays per
+Cohort; with --intensity (or a preset with sampling.calibrate_intensity) also the stay-level intensity map
+over every feature. Reported per configuration and torch thread count: median wall seconds, stays/s (wall) and stays per
 CPU-second (process time), with the 1-minute load average, because other processes on a small machine slow
 the wall-clock figure down. Target: >= 20,000 stays/s for configs/quickstart.toml on a 2-core CPU. Exit status
 1 if the quickstart target is missed at every thread count.
@@ -33,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET = 20_000.0
 
 
-def build(config: Path, device: str):
+def build(config: Path, device: str, intensity: bool = False):
     from fedehr.algorithms.generate import build_generator
     from fedehr.algorithms.site import count_histogram, label_patterns
     from fedehr.config import load_config
@@ -77,12 +79,17 @@ def build(config: Path, device: str):
         numeric = lambda specs: [1.0 if sp.kind == "numeric" else 0.0 for sp in specs]  # noqa: E731  cost
         sampling["temporal_quantum"] = numeric(schema.temporal)  # does not depend on the steps' sizes
         sampling["static_quantum"] = numeric(schema.static)
+    if cfg.sampling.calibrate_intensity or intensity:  # a map over every feature: the most it can cost
+        shift = 0.1 * (np.ones((f, f)) - np.eye(f))
+        sampling["intensity_map"] = {"cols": list(range(f)), "mean": [0.0] * f, "sd": [1.0] * f,
+                                     "shift": shift.tolist()}
     return build_generator(cfg, schema, norm, {"ae": ae, "tcvae": tc}, sampling), schema
 
 
-def measure(config: Path, n: int, repeats: int, device: str, threads: int) -> dict[str, object]:
+def measure(config: Path, n: int, repeats: int, device: str, threads: int, intensity: bool = False
+            ) -> dict[str, object]:
     torch.set_num_threads(threads)  # an entry point may set this; the library never does
-    gen, schema = build(config, device)
+    gen, schema = build(config, device, intensity)
     gen.sample(min(n, 2048), seed=99, device=device)  # warm-up (allocators, kernels)
     times, cpu = [], []
     for r in range(repeats):
@@ -98,7 +105,7 @@ def measure(config: Path, n: int, repeats: int, device: str, threads: int) -> di
     return {"config": str(config.relative_to(REPO)), "threads": threads, "stays": n, "hours": schema.n_bins,
             "features": len(schema.temporal), "parameters": n_params, "seconds_median": med, "seconds_all": times,
             "stays_per_s": n / med, "stays_per_cpu_s": n / statistics.median(cpu),
-            "load_avg_1m": os.getloadavg()[0]}
+            "load_avg_1m": os.getloadavg()[0], "intensity_map": bool(gen.sampling.get("intensity_map"))}
 
 
 def main() -> int:
@@ -110,16 +117,19 @@ def main() -> int:
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     ap.add_argument("--configs", nargs="*", default=["quickstart.toml", "fedehr-gen.toml"],
                     help="preset files under configs/ to measure")
+    ap.add_argument("--intensity", action="store_true", help="sample with a stay-level intensity map over every "
+                    "feature (sampling.calibrate_intensity), whatever the preset says")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    rows = [measure(REPO / "configs" / name, args.n, args.repeats, args.device, t)
+    rows = [measure(REPO / "configs" / name, args.n, args.repeats, args.device, t, args.intensity)
             for name in args.configs for t in args.threads]
     out = {"device": args.device, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
            "target_stays_per_s_quickstart": TARGET, "results": rows}
     for r in rows:
         print(f"{r['config']:26s} {r['threads']} thread(s): {r['stays']} stays in {r['seconds_median']:.2f} s -> "
               f"{r['stays_per_s']:,.0f} stays/s, {r['stays_per_cpu_s']:,.0f} stays per CPU-s "
-              f"({r['parameters']:,} parameters, load {r['load_avg_1m']:.1f} on {out['cpus']} CPUs)")
+              f"({r['parameters']:,} parameters, load {r['load_avg_1m']:.1f} on {out['cpus']} CPUs"
+              f"{', intensity map' if r['intensity_map'] else ''})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))

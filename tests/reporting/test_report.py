@@ -318,6 +318,10 @@ def test_report_of_a_real_evaluation(tmp_path: Path, cohorts: Cohorts) -> None:
     rows = table_rows(text, "coobservation-table")
     assert rows[0] == ["pair", "real", "synthetic"] and len(rows) == 1 + len(pairs) > 1
     assert rows[1][0] == pairs[0]["pair"]
+    pairs = ev.metrics["pooled"]["fidelity"]["intensity_correlation_gap"]["worst_pairs"]
+    rows = table_rows(text, "intensity-table")
+    assert rows[0] == ["pair", "real", "synthetic"] and len(rows) == 1 + len(pairs) > 1
+    assert rows[1][0] == pairs[0]["pair"]
 
 
 def test_degenerate_cohorts_render_with_notices(tmp_path: Path, cohorts: Cohorts) -> None:

@@ -181,11 +181,12 @@ def site_table(by_site: dict[str, Any], pooled: dict[str, Any] | None = None) ->
     return {"columns": columns, "rows": rows, "notes": notes}
 
 
-def coobservation_rows(pooled: Any) -> list[tuple[str, str, str]]:
-    """The pooled ``coobservation_gap`` result's worst pairs as (pair, real share, synthetic share) display rows
+def worst_pair_rows(pooled: Any, metric: str) -> list[tuple[str, str, str]]:
+    """A pooled pairwise fidelity metric's worst pairs (``coobservation_gap``: shares of hours measured
+    together; ``intensity_correlation_gap``: correlations over stays) as (pair, real, synthetic) display rows
     (none when the metric was not run)."""
     try:
-        pairs = pooled["fidelity"]["coobservation_gap"]["worst_pairs"]
+        pairs = pooled["fidelity"][metric]["worst_pairs"]
     except (KeyError, TypeError):
         return []
     return [(str(p["pair"]), fmt(p["real"]), fmt(p["syn"])) for p in pairs]
@@ -323,7 +324,8 @@ def context(*, evaluation: EvaluationLike, train: Cohort, test: Cohort, syntheti
         "per_site": site_table(metrics.get("per_site") or {}, metrics.get("pooled")),
         "federated": site_table(fed) if fed else None,
         "per_feature": per_feature_table(metrics.get("per_feature"), train.schema.temporal_names),
-        "coobservation": coobservation_rows(metrics.get("pooled")),
+        "coobservation": worst_pair_rows(metrics.get("pooled"), "coobservation_gap"),
+        "intensity": worst_pair_rows(metrics.get("pooled"), "intensity_correlation_gap"),
         "settings": [(k, fmt(v)) for k, v in flatten(metrics.get("settings") or {}).items()],
         "cohorts": cohort_rows({"real (train)": train, "real (test)": test, "synthetic": synthetic}),
         "schema": {"n_temporal": len(train.schema.temporal), "n_static": len(train.schema.static),
