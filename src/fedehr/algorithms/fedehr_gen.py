@@ -447,12 +447,16 @@ class GenWorkflow(PlannedWorkflow):
             if sq is not None:
                 self.sampling["mask_scale"] = gain.tolist()
                 out["mask_scale"] = dict(zip(names, gain.tolist(), strict=True))
-        if sc.calibrate_coobservation:  # after the offsets and gains: it fits the calibrated probabilities
+
+        def fit_copula() -> None:  # after the offsets and gains: it fits the calibrated probabilities
             corr = calibrate_coobservation(self.generator(), np.asarray(self.sampling["coobserved_rate"]),
                                            seed=self.cfg.seed)
             self.sampling["mask_corr"] = corr.tolist()
             upper = corr[np.triu_indices(len(names), k=1)]
             out["mask_corr"] = {"pairs_above_0.5": int((upper > 0.5).sum()), "max": float(upper.max(initial=0.0))}
+
+        if sc.calibrate_coobservation:
+            fit_copula()
         if sc.calibrate_intensity:  # after the copula: the per-stay counts it fits include the hours' coupling
             imap = calibrate_intensity(self.generator(), np.asarray(self.sampling["observed_cross"]),
                                        np.asarray(self.sampling["observed_rate"]) * self.schema.n_bins,
@@ -461,9 +465,7 @@ class GenWorkflow(PlannedWorkflow):
                 self.sampling["intensity_map"] = imap.to_dict()
                 out["intensity_map"] = {"features": [names[j] for j in imap.cols]}
             if sc.calibrate_coobservation:  # the shifted logits move the hours' joint draws a little: refit
-                corr = calibrate_coobservation(self.generator(), np.asarray(self.sampling["coobserved_rate"]),
-                                               seed=self.cfg.seed)
-                self.sampling["mask_corr"] = corr.tolist()
+                fit_copula()
         if sc.calibrate_acf:
             target = np.array([np.nan if a is None else a for a in self.sampling["acf_target"]], dtype=np.float64)
             rho = calibrate_acf(self.generator(), target, seed=self.cfg.seed)

@@ -225,14 +225,13 @@ def _stats(task: Task, ctx: SiteContext) -> Reply:
     arrays["label_patterns"] = label_patterns(ctx.train.labels)
     if cfg.sampling.calibrate_within:  # Σ (x − x̄_stay)² and observed bins per feature: sums over stays
         arrays["within_sums"] = fedstats.within_stay_sums(ctx.train.values)
+    o = (ctx.train.counts > 0).sum(axis=1, dtype=np.int64)                # (N, F) observed bins per stay
     if cfg.sampling.fits_dispersion:  # Σ_i o_if² (F,): with the observed counts, the spread of o_if
-        o = (ctx.train.counts > 0).sum(axis=1, dtype=np.int64)            # (N, F) observed bins per stay
         arrays["observed_sq"] = (o * o).sum(axis=0)
+    if cfg.sampling.calibrate_intensity:  # Σ_i o_if o_ig (F, F): how o_f and o_g co-vary over stays
+        arrays["observed_cross"] = o.T @ o
     if cfg.sampling.calibrate_coobservation:  # Σ_{i,t} o_itf o_itg (F, F): cells observing both features
         arrays["coobserved"] = fedstats.coobserved_bins(ctx.train.counts)
-    if cfg.sampling.calibrate_intensity:  # Σ_i o_if o_ig (F, F): observed bins per stay, products summed
-        o = (ctx.train.counts > 0).sum(axis=1, dtype=np.int64)            # (N, F)
-        arrays["observed_cross"] = o.T @ o
     if cfg.sampling.round_to_resolution:
         arrays.update(resolution_arrays(ctx.train))
     if cfg.sampling.calibrate_acf:  # for sampling.calibrate_acf: sums, not per-stay values
