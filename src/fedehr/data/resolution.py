@@ -96,16 +96,27 @@ def round_to_grid(values: np.ndarray, counts: np.ndarray | None, quantum: np.nda
     values (..., F) float (NaN kept), counts (..., F) measurements per cell or None (one each: static values),
     quantum (F,) (0: leave the feature alone), lo / hi (F,) the valid range, re-applied after rounding.
     A cell with k >= 1 measurements goes to the nearest multiple of q / k; one rounded past a bound takes the
-    bound (a valid value such as FiO2's 0.21, even where it is off the grid).
+    bound (a valid value such as FiO2's 0.21, even where it is off the grid). Computed in the values' own
+    dtype, as round(x·k/q) / (k/q) with 1/q exact for decimal steps (:func:`grid_scale`), so a float32 1.94 on
+    the grid 0.1 becomes the float32 of 1.9, and in place over the whole array when every feature has a grid.
     """
-    cols = np.flatnonzero(np.asarray(quantum) > 0)
+    q = np.asarray(quantum)
+    cols = np.flatnonzero(q > 0)
     if cols.size == 0:
         return values
-    s = grid_scale(np.asarray(quantum)[cols])                            # (F',) 1 / q
-    v = values[..., cols].astype(np.float64)
+    dt = values.dtype
+    whole = cols.size == values.shape[-1]
+    pick = (lambda a: a) if whole else (lambda a: a[..., cols])  # a subset is a copy, written back below
+    s = grid_scale(q[cols]).astype(dt)                                   # (F',) 1 / q
     if counts is not None:
-        s = s * np.maximum(counts[..., cols], 1).astype(np.float64)      # (..., F') k / q
-    values[..., cols] = np.clip(np.rint(v * s) / s, np.asarray(lo)[cols], np.asarray(hi)[cols])
+        s = np.maximum(pick(counts), 1).astype(dt) * s                   # (..., F') k / q
+    v = pick(values)
+    v *= s
+    np.rint(v, out=v)
+    v /= s
+    np.clip(v, np.asarray(lo)[cols].astype(dt), np.asarray(hi)[cols].astype(dt), out=v)
+    if not whole:
+        values[..., cols] = v
     return values
 
 
