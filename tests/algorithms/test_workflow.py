@@ -79,7 +79,7 @@ def test_fedavg_matches_fedehr_gen_epoch_budget(cohorts):
 ALLOWED = ("ae/", "tcvae/", "opt/", "stats/", "grid/")
 ALLOWED_EXACT = {"count_hist", "label_patterns", "count", "sum", "sumsq", "post_mean", "post_var",
                  "prior_n", "prior_sum", "prior_sumsq", "acf_sums", "observed_sq", "coobserved",
-                 "within_sums"}
+                 "within_sums", "observed_cross"}
 
 
 @pytest.mark.parametrize("method", ["fedehr-gen", "centralized"])
@@ -92,8 +92,11 @@ def test_replies_carry_only_weights_and_aggregates(method, cohorts):
         seen.append(r)
         return r
 
-    _run(method, cohorts, handler=spy)
+    # every optional aggregate on, so that each one is checked
+    _run(method, cohorts, ["sampling.calibrate_intensity=true", "sampling.calibrate_within=true",
+                           "sampling.intensity_min_sd=0.004"], handler=spy)
     names = {k for r in seen for k in r.arrays}
+    assert {"observed_cross", "within_sums", "coobserved", "observed_sq"} <= names
     assert names and all(k.startswith(ALLOWED) or k in ALLOWED_EXACT for k in names), names
     n_sites = {30, 90}  # stays per site / pooled
     for r in seen:
