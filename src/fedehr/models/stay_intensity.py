@@ -125,13 +125,15 @@ def fit_intensity(logits: torch.Tensor, uniforms: torch.Tensor, target: np.ndarr
     free = ~np.isfinite(want)                                              # no target: keep the model's
     want = np.where(free, r_s, want)
     np.fill_diagonal(want, 1.0)
-    lg, u = logits[..., ci].float(), uniforms[..., ci]
+    lg, u = logits[..., ci].float(), uniforms[..., ci]                  # (n, T, F') the features coupled
+
+    def mapping(r: np.ndarray, on: np.ndarray) -> IntensityMap:
+        return IntensityMap(on, mean.numpy(), s.numpy(), transport_map(r_s, r) - np.eye(len(cols)))
+
     r = nearest_correlation(want)
-    tensors = lambda a: (torch.arange(len(cols)), mean.float(), s.float(), torch.as_tensor(a, dtype=torch.float32))  # noqa: E731
     for _ in range(iterations):
-        shift = transport_map(r_s, r) - np.eye(len(cols))
-        drawn = _stay_corr(u < torch.sigmoid(apply_intensity(lg.clone(), *tensors(shift))))
+        sub = mapping(r, np.arange(len(cols))).tensors()
+        drawn = _stay_corr(u < torch.sigmoid(apply_intensity(lg.clone(), *sub)))
         gap = np.where(free | ~np.isfinite(drawn), 0.0, want - drawn)
         r = nearest_correlation(r + gap)
-    shift = transport_map(r_s, r) - np.eye(len(cols))
-    return IntensityMap(cols, mean.numpy(), s.numpy(), shift)
+    return mapping(r, cols)
