@@ -110,6 +110,47 @@ def test_rich_cohort_round_trip(fmt, tmp_path: Path) -> None:
     assert back.schema.labels == ("mortality", "los_gt_7")
 
 
+@pytest.mark.parametrize("fmt", FORMATS, ids=IDS)
+def test_synthetic_bins_are_written_as_measurements_on_the_recording_grid(fmt, tmp_path: Path) -> None:
+    """A synthetic cohort that records its grids (meta temporal_quantum, sampling.round_to_resolution): a bin of
+    k measurements with mean v on the grid q/k is written as k rows on the grid q whose mean is v (HR 98.75 in
+    four: 98, 99, 99, 99), and reads back as the same bins; a bin off that grid (a valid-range bound) keeps k
+    copies; a cohort without grids keeps them too."""
+    schema = Schema(temporal=temporal_specs(["HR", "FiO2", "Lactate"]), static=static_specs(["Age"]), hours=3,
+                    bin_hours=1, source="test")
+    rng = np.random.default_rng(3)
+    n = 12
+    counts = rng.integers(0, 5, (n, 3, 3)).astype(np.int16)
+    k = np.maximum(counts, 1)
+    values = np.stack([np.rint(rng.normal(90, 10, (n, 3)) * k[..., 0]) / k[..., 0],   # HR, step 1
+                       np.rint(rng.uniform(0.3, 0.9, (n, 3)) / 0.05 * k[..., 1]) / (k[..., 1] / 0.05),  # FiO2
+                       rng.uniform(0.5, 5, (n, 3))], -1).astype(np.float32)          # Lactate: no grid
+    values[0, 0, 0], counts[0, 0, 0] = 98.75, 4
+    values[1, 0, 1], counts[1, 0, 1] = 0.21, 2                                      # a bound off the grid
+    values = np.where(counts > 0, values, np.nan).astype(np.float32)
+    c = Cohort(schema, np.arange(n) + 1, np.full(n, "synthetic"), rng.uniform(20, 90, (n, 1)).astype(np.float32),
+               values, counts, (np.arange(n) % 2)[:, None].astype(np.float32),
+               meta={"synthetic": True, "temporal_quantum": [1.0, 0.05, 0.0]})
+    ev = long_export.expand_events(c)
+    v, f = ev["value"].astype(np.float64), ev["feature"]
+    hr0 = (ev["stay"] == 0) & (ev["bin"] == 0) & (f == 0)
+    assert sorted(v[hr0].tolist()) == [98.0, 99.0, 99.0, 99.0]
+    units = v[f == 1] / 0.05
+    bound = (ev["stay"] == 1) & (ev["bin"] == 0) & (f == 1)
+    assert np.allclose(v[bound], np.float32(0.21)) and bound.sum() == 2            # kept: 0.21 is not on 0.025
+    assert np.allclose(v[f == 0], np.rint(v[f == 0])) and np.allclose(units[~bound[f == 1]],
+                                                                       np.rint(units[~bound[f == 1]]), atol=1e-4)
+    cells = np.stack([ev["stay"], ev["bin"], f])                                     # every row's mean is the bin's
+    for s_, b_, g in {tuple(x) for x in cells.T.tolist()}:
+        rows = (ev["stay"] == s_) & (ev["bin"] == b_) & (f == g)
+        assert np.isclose(v[rows].mean(), values[s_, b_, g], rtol=1e-6)
+    back = round_trip(c, tmp_path, fmt)
+    back = back.subset(np.argsort(back.stay_ids))
+    np.testing.assert_array_equal(back.counts, c.counts)
+    np.testing.assert_allclose(back.values, c.values, rtol=1e-6)                     # float32 ties: 1 ulp at most
+    plain = long_export.expand_events(replace(c, meta={"synthetic": True}))
+    np.testing.assert_array_equal(plain["value"][hr0], np.float32(98.75))
+
 def test_exported_splits_read_back(tmp_path: Path, tiny_schema: Schema) -> None:
     c = in_range(make_tiny_cohort(tiny_schema, n=12))
     splits = np.where(np.arange(12) % 4 == 0, "test", "train")

@@ -144,7 +144,9 @@ class DiffusionGenerator:
         return Cohort(self.schema, SYNTHETIC_ID_BASE + np.arange(n, dtype=np.int64), np.full(n, "synthetic"),
                       out["static"], out["values"], counts, labels,
                       meta={"synthetic": True, "generator": self.cfg.method, "run": self.run, "seed": int(seed),
-                            "condition": dict(condition or {}), "prevalence": prevalence, "sampler": opts})
+                            "condition": dict(condition or {}), "prevalence": prevalence, "sampler": opts,
+                            **({"temporal_quantum": list(self.sampling["temporal_quantum"])}
+                               if self.sampling.get("temporal_quantum") is not None else {})})
 
     def _decode_cdmt(self, draw: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, np.ndarray]:
         layout = channel_layout(self.cfg, self.schema)

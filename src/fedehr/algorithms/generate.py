@@ -246,7 +246,9 @@ class SyntheticGenerator:
         return Cohort(self.schema, SYNTHETIC_ID_BASE + np.arange(n, dtype=np.int64), np.full(n, "synthetic"),
                       static, values, counts, labels,
                       meta={"synthetic": True, "generator": self.cfg.method, "run": self.run, "seed": int(seed),
-                            "condition": dict(condition or {}), "prevalence": prevalence})
+                            "condition": dict(condition or {}), "prevalence": prevalence,
+                            **({"temporal_quantum": list(self.sampling["temporal_quantum"])}
+                               if self.sampling.get("temporal_quantum") is not None else {})})
 
     def _plan(self, device: str | torch.device, *, calibrated: bool = True) -> _Plan:
         """The sampler and the rewritten AE decoder (see _Plan), built once per sample() call. The rewrite assumes

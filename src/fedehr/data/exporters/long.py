@@ -7,8 +7,9 @@ Layout of ``out`` (a directory; CSV unless ``out`` ends in ``.parquet`` or ``fil
     labels.csv          stay_id, one column per label (e.g. mortality)           one row per stay
     fedehr_schema.json  the cohort's Schema (kinds, units, valid ranges, grid)
 
-A bin holding k measurements with aggregate v becomes k rows of value v at distinct times inside the bin, so
-the loader rebuilds the same values and counts. The helpers here (:func:`expand_events`, :func:`format_float32`)
+A bin holding k measurements with aggregate v becomes k rows at distinct times inside the bin whose mean is v
+(k copies of v, or grid values for a synthetic cohort that records its recording grids: :func:`expand_events`),
+so the loader rebuilds the same values and counts. The helpers here (:func:`expand_events`, :func:`format_float32`)
 are shared by the PhysioNet 2012 and MEDS exporters.
 """
 
@@ -52,6 +53,12 @@ def expand_events(cohort: Cohort) -> dict[str, np.ndarray]:
 
     Rows are ordered by stay, then time inside the stay (rank / (k + 1) of the way through the bin), then
     feature. Arrays have length E = counts.sum().
+
+    A bin holding k measurements stores their mean v, and its k rows normally all carry v. When the cohort
+    records its features' recording grids (``meta["temporal_quantum"]`` (F,), a synthetic cohort's steps from
+    sampling.round_to_resolution) and v lies on the grid q / k, the rows instead carry grid values whose mean
+    is v: v·k/q = N units split as evenly as integers allow (:func:`split_on_grid`). A synthetic heart rate of
+    98.75 in a bin of four is written as 98, 99, 99, 99, as a monitor would have recorded it.
     """
     n_idx, t_idx, f_idx = np.nonzero(cohort.counts)  # cells with measurements
     k = cohort.counts[n_idx, t_idx, f_idx].astype(np.int64)
@@ -60,10 +67,36 @@ def expand_events(cohort: Cohort) -> dict[str, np.ndarray]:
     starts = np.cumsum(k) - k
     rank = np.arange(len(cell)) - starts[cell]  # 0 .. k-1 inside each cell
     frac = (rank + 1) / (k[cell] + 1)  # position inside the bin, strictly in (0, 1)
+    value = v[cell]
+    quantum = (cohort.meta or {}).get("temporal_quantum")
+    if quantum is not None:
+        value = split_on_grid(value, k[cell], rank, np.asarray(quantum, dtype=np.float64)[f_idx[cell]])
     order = np.lexsort((f_idx[cell], frac, t_idx[cell], n_idx[cell]))
     cell, rank, frac = cell[order], rank[order], frac[order]
     return {"stay": n_idx[cell], "bin": t_idx[cell], "feature": f_idx[cell], "rank": rank, "k": k[cell],
-            "frac": frac, "value": v[cell]}
+            "frac": frac, "value": value[order]}
+
+
+def split_on_grid(value: np.ndarray, k: np.ndarray, rank: np.ndarray, quantum: np.ndarray) -> np.ndarray:
+    """Per-measurement values (E,) whose mean over each bin's k rows is the bin's value, each on the grid q.
+
+    value (E,) the bin mean repeated on each of its k (E,) rows, rank (E,) 0 .. k − 1, quantum (E,) the
+    feature's step (0: none). Where v·k/q is an integer N (float32 tolerance), row r gets ⌊N/k⌋ units, plus one
+    for the first N − k⌊N/k⌋ ranks. Elsewhere (k = 1, no grid, v off the grid q/k such as a valid-range bound)
+    the value is kept. Returns float32 (E,).
+    """
+    from fedehr.data.resolution import grid_scale
+
+    out = np.asarray(value, dtype=np.float32).copy()
+    s = grid_scale(quantum)                                               # (E,) 1 / q, 0 where no grid
+    units = value.astype(np.float64) * k * s                              # N
+    n_units = np.rint(units)
+    tol = 1e-4 + 1e-6 * np.abs(units)                                     # float32 values: ~7 digits
+    ok = (k > 1) & (s > 0) & np.isfinite(units) & (np.abs(units - n_units) <= tol)
+    base = np.floor_divide(n_units[ok], k[ok])
+    mine = base + (rank[ok] < n_units[ok] - base * k[ok])                 # integer units of this row
+    out[ok] = (mine / s[ok]).astype(np.float32)
+    return out
 
 
 def event_hours(cohort: Cohort, ev: dict[str, np.ndarray]) -> np.ndarray:

@@ -10,8 +10,10 @@ Layout of ``out``::
 Each record starts with the six challenge descriptors at 00:00 (RecordID, Age, Gender, Height, ICUType, Weight;
 -1 where the cohort has no such static feature or the value is unknown; a categorical one such as ICUType as
 its 1-based category number), then any other static feature at 00:00, then the measurements. A bin holding k
-measurements with aggregate v is written as k rows of value v at distinct minutes inside the bin (never at
-00:00, which the descriptors own), values as the shortest decimal that reads back as the same float32.
+measurements with aggregate v is written as k rows whose mean is v at distinct minutes inside the bin (never at
+00:00, which the descriptors own; k copies of v, or values on the feature's recording grid for a synthetic
+cohort that records it, fedehr.data.exporters.long.expand_events), values as the shortest decimal that reads
+back as the same float32.
 The sidecars sit beside the records because that is where ``fedehr.data.loaders.physionet2012`` looks;
 load the export with ``--path <out>/set``.
 """
