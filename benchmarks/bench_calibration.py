@@ -2,13 +2,13 @@
 switched off one at a time, scored by the evaluation suite.
 
 Usage: .venv/bin/python benchmarks/bench_calibration.py --cohort DIR --runs RUN [RUN ...] [--draws 3]
-           [--samplers rate dispersion within coobservation resolution intensity] [--json OUT]
+           [--samplers rate dispersion within coobservation resolution intensity repeats] [--json OUT]
 
 DIR is the cohort the runs were trained on (train and test splits), e.g. WORK/physionet2012/cohort of
 `benchmarks/bench_methods.py`; each RUN is a finished `fedehr train` run of a TCVAE method (fedehr-gen,
 fedavg, fedavg-direct, centralized, local) trained with sampling.calibrate_dispersion on (the default), e.g.
 WORK/physionet2012/runs/fedehr-gen-s0. Nothing is retrained, and the run directories are only read. For every
-run, the samplers named by --samplers (default: all six):
+run, the samplers named by --samplers (default: all seven):
   rate        mask offsets b_f refitted with every gain 1 (sampling.calibrate_dispersion off), no mask copula;
   dispersion  mask gains a_f and offsets as the run fitted them, no mask copula (the default before the
               copula; every run trained before it samples this way);
@@ -23,8 +23,12 @@ run, the samplers named by --samplers (default: all six):
               gives what the sites' counts give (same test file);
   intensity   resolution, plus the stay-level intensity map fitted now (sampling.calibrate_intensity, off by
               default), then the copula refitted: its target is the correlation over DIR's train stays of the
-              observed bins per stay, which equals what the sites' sums give (same test file).
-Every sampler but `resolution` and `intensity` draws continuous values (the run's learned steps, if any, are
+              observed bins per stay, which equals what the sites' sums give (same test file);
+  repeats     resolution, plus repeat probabilities fitted now (sampling.calibrate_repeats, off by default):
+              the target is the share of DIR's train measurements that repeat the stay's previous value.
+Besides the evaluation's metrics, each row has repeat_gap: the mean over numeric features of |real − synthetic|
+share of measurements (after a stay's first) equal to the previous one (fedehr.data.fedstats.repeat_counts).
+Every sampler but `resolution`, `intensity` and `repeats` draws continuous values (the run's learned steps, if any, are
 dropped).
 The noise autocorrelations ρ_f are the run's in every sampler. Each sampler draws --draws synthetic cohorts as large
 as the train split (sample and evaluation seeds 0, 1000, 2000, ...; bench_methods uses S + 1000·j for training
@@ -48,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 METRICS = ("utility_gbm", "discriminative_gbm", "observed_bins_gap", "presence_gap", "coobservation_gap",
            "intensity_correlation_gap", "missingness_gap", "autocorrelation_gap", "wasserstein", "ks",
            "membership_auc")
-SAMPLERS = ("rate", "dispersion", "within", "coobservation", "resolution", "intensity")
+SAMPLERS = ("rate", "dispersion", "within", "coobservation", "resolution", "intensity", "repeats")
 
 
 def sampler(gen, kind: str, train):
@@ -57,24 +61,26 @@ def sampler(gen, kind: str, train):
         calibrate_coobservation,
         calibrate_intensity,
         calibrate_mask,
+        calibrate_repeats,
         calibrate_within,
     )
     from fedehr.algorithms.site import resolution_arrays
     from fedehr.data import resolution
-    from fedehr.data.fedstats import coobserved_bins, within_stay_sums, within_stay_variance
+    from fedehr.data.fedstats import coobserved_bins, repeat_counts, within_stay_sums, within_stay_variance
 
     gen.sampling.pop("within_scale", None)
     gen.sampling.pop("mask_corr", None)
     gen.sampling.pop("temporal_quantum", None)
     gen.sampling.pop("static_quantum", None)
     gen.sampling.pop("intensity_map", None)
-    if kind in ("resolution", "intensity"):
+    gen.sampling.pop("repeat_prob", None)
+    if kind in ("resolution", "intensity", "repeats"):
         gen.sampling.update(resolution.pooled_quanta([resolution_arrays(train)], train.schema,
                                                      gen.cfg.sampling.resolution_share))
     if kind == "within":
         target = within_stay_variance(within_stay_sums(train.values))
         gen.sampling["within_scale"] = calibrate_within(gen, target, seed=gen.cfg.seed).tolist()
-    if kind in ("coobservation", "resolution", "intensity"):
+    if kind in ("coobservation", "resolution", "intensity", "repeats"):
         target = coobserved_bins(train.counts) / (len(train) * train.schema.n_bins)
         gen.sampling["mask_corr"] = calibrate_coobservation(gen, target, seed=gen.cfg.seed).tolist()
     if kind == "intensity":  # as the workflow does it: the map, then the copula again
@@ -83,6 +89,10 @@ def sampler(gen, kind: str, train):
         if imap is not None:
             gen.sampling["intensity_map"] = imap.to_dict()
         gen.sampling["mask_corr"] = calibrate_coobservation(gen, target, seed=gen.cfg.seed).tolist()
+    if kind == "repeats":
+        pairs, same = repeat_counts(train.values).astype(np.float64)
+        target = np.where(pairs > 0, same / np.maximum(pairs, 1.0), np.nan)
+        gen.sampling["repeat_prob"] = calibrate_repeats(gen, target, seed=gen.cfg.seed).tolist()
     if kind == "rate":
         gen.sampling.pop("mask_scale", None)
         gen.sampling["mask_bias"] = calibrate_mask(gen, np.asarray(gen.sampling["observed_rate"]),
@@ -97,7 +107,18 @@ def score(train, test, syn, seed: int) -> dict[str, float]:
     pooled = {name: res for fam in ev.metrics["pooled"].values() for name, res in fam.items()}
     out = {"tstr_auroc": float(pooled["utility_gbm"]["pooled"]["tstr"]["auroc"])}
     out.update({m: float(pooled[m]["value"]) for m in METRICS if m != "utility_gbm"})
+    out["repeat_gap"] = repeat_gap(train, syn)
     return out
+
+
+def repeat_gap(real, syn) -> float:
+    """Mean over numeric temporal features of |real − synthetic| share of measurements repeating the stay's
+    previous value."""
+    from fedehr.data.fedstats import repeat_counts
+
+    share = [np.divide(*repeat_counts(c.values)[::-1].astype(np.float64)) for c in (real, syn)]
+    numeric = np.array([s.kind == "numeric" for s in real.schema.temporal])
+    return float(np.nanmean(np.abs(share[0] - share[1])[numeric]))
 
 
 def main() -> int:

@@ -238,6 +238,11 @@ class SamplingConfig(_Section):
                                    "stays); each feature keeps its rate and spread. TCVAE methods only (the "
                                    "diffusion generators draw no calibrated mask). Off by default: it costs "
                                    "about 0.006 TSTR AUROC on PhysioNet (docs/methods.md §6)")
+    calibrate_repeats: bool = _f(False, "after the other mask calibrations, let an observed numeric value repeat "
+                                 "the stay's previous one with a per-feature probability h_f, fitted so that the "
+                                 "share of measurements equal to the previous one matches the federated share "
+                                 "(sites send two counts per feature): weight charted again unchanged, FiO2 left "
+                                 "at a setting for hours. TCVAE methods only. docs/methods.md §6")
     intensity_min_sd: float = _f(0.1, "calibrate_intensity couples only the features whose stay-mean mask logit "
                                  "varies between stays by at least this SD (logits); the others are drawn at one "
                                  "rate in every stay and have no intensity to couple", min=0.0)

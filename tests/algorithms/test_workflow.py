@@ -79,7 +79,7 @@ def test_fedavg_matches_fedehr_gen_epoch_budget(cohorts):
 ALLOWED = ("ae/", "tcvae/", "opt/", "stats/", "grid/")
 ALLOWED_EXACT = {"count_hist", "label_patterns", "count", "sum", "sumsq", "post_mean", "post_var",
                  "prior_n", "prior_sum", "prior_sumsq", "acf_sums", "observed_sq", "coobserved",
-                 "within_sums", "observed_cross"}
+                 "within_sums", "observed_cross", "repeat_counts"}
 
 
 @pytest.mark.parametrize("method", ["fedehr-gen", "centralized"])
@@ -94,9 +94,9 @@ def test_replies_carry_only_weights_and_aggregates(method, cohorts):
 
     # every optional aggregate on, so that each one is checked
     _run(method, cohorts, ["sampling.calibrate_intensity=true", "sampling.calibrate_within=true",
-                           "sampling.intensity_min_sd=0.004"], handler=spy)
+                           "sampling.calibrate_repeats=true", "sampling.intensity_min_sd=0.004"], handler=spy)
     names = {k for r in seen for k in r.arrays}
-    assert {"observed_cross", "within_sums", "coobserved", "observed_sq"} <= names
+    assert {"observed_cross", "within_sums", "coobserved", "observed_sq", "repeat_counts"} <= names
     assert names and all(k.startswith(ALLOWED) or k in ALLOWED_EXACT for k in names), names
     n_sites = {30, 90}  # stays per site / pooled
     for r in seen:
@@ -310,6 +310,24 @@ def test_intensity_calibration_runs_from_site_sums(cohorts):
     wf2, _ = _run("fedavg", cohorts, [])
     assert "intensity_map" not in wf2.sampling and "observed_cross" not in wf2.sampling
     assert wf2.generator()._plan("cpu").sampler.intensity is None
+
+def test_repeat_calibration_runs_from_site_counts(cohorts):
+    """sampling.calibrate_repeats (off by default): sites send two counts per feature; the run stores the pooled
+    repeat share, fits probabilities in [0, 1] (0 for the binary MechVent), records them and samples with them;
+    off, nothing is sent or fitted."""
+    from fedehr.data.fedstats import repeat_counts
+
+    wf, errors = _run("fedavg", cohorts, ["sampling.calibrate_repeats=true"])
+    assert not errors
+    pairs, same = repeat_counts(cohorts[0].values)
+    np.testing.assert_allclose(wf.sampling["repeat_target"], same / pairs, rtol=1e-12)
+    h = np.asarray(wf.sampling["repeat_prob"])
+    assert h.shape == (5,) and ((h >= 0) & (h <= 1)).all() and h[4] == 0.0
+    last = [e for e in wf.metrics()["rounds"] if e["action"] == "prior-stats"][-1]
+    assert sorted(last["repeat_prob"]) == sorted(cohorts[0].schema.temporal_names)
+    assert (wf.generator()._plan("cpu").sampler.repeat is not None) == bool((h > 0).any())
+    wf2, _ = _run("fedavg", cohorts, [])
+    assert "repeat_prob" not in wf2.sampling and "repeat_target" not in wf2.sampling
 
 def _recorded(c):
     """The tiny cohort as a monitor would record it: HR and MAP in whole units, Temp to 0.1, Age in years."""

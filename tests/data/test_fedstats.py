@@ -167,3 +167,22 @@ def test_coobserved_bins_counts_cells_measuring_both_features_in_chunks() -> Non
     np.testing.assert_array_equal(coobserved_bins(counts, chunk=5), want)   # blocks of stays sum to the whole
     halves = coobserved_bins(counts[:20]) + coobserved_bins(counts[20:])   # sites' sums give the pooled one
     np.testing.assert_array_equal(halves, want)
+
+
+def test_repeat_counts_match_a_direct_count_and_add_up_over_sites():
+    """sampling.calibrate_repeats: per feature, observed cells after a stay's first observation, and those
+    equal to the previous observed value; sums over stays, so sites' counts add up to the pooled ones."""
+    from fedehr.data.fedstats import repeat_counts
+
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 3, (20, 7, 3)).astype(np.float32)
+    v[rng.random(v.shape) < 0.4] = np.nan
+    pairs, same = np.zeros(3, int), np.zeros(3, int)
+    for i in range(20):  # the definition, one stay and feature at a time
+        for f in range(3):
+            seen = v[i, :, f][np.isfinite(v[i, :, f])]
+            pairs[f] += max(len(seen) - 1, 0)
+            same[f] += int((seen[1:] == seen[:-1]).sum())
+    got = repeat_counts(v)
+    np.testing.assert_array_equal(got, np.stack([pairs, same]))
+    np.testing.assert_array_equal(repeat_counts(v[:8]) + repeat_counts(v[8:]), got)

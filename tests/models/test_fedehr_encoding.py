@@ -355,6 +355,36 @@ def test_sampler_rounds_numeric_values_to_their_grid_and_changes_nothing_else(q)
         assert (c1[..., f][obs] > 1).any() and len(np.unique(x)) > 10, f
 
 
+def test_sampler_repeats_values_with_the_fitted_probability_and_changes_nothing_else():
+    """repeat_prob (sampling.calibrate_repeats): with h = 1 every observed value of a stay equals its first one;
+    with h = 0.5 about half of the later measurements (plus the chance repeats) equal the previous one, and a
+    run of repeats holds one value; masks, counts and the other features are the plain draw's (same seed)."""
+    from fedehr.data.fedstats import repeat_counts
+    from fedehr.models.encoding import Blocks, TemporalSampler
+
+    schema, norm = _sampling_schema()
+    b = Blocks.of(schema.temporal)
+    n, t = 1000, 6
+    out = torch.as_tensor(np.random.default_rng(5).normal(0, 1, (n, t, b.out_width)), dtype=torch.float32)
+    plain = TemporalSampler(schema.temporal, norm.temporal, None, None)
+    v0, c0 = _draw(plain, plain.apply_map(out), n, t, 5, seed=7)
+    for h in (1.0, 0.5):
+        rep = TemporalSampler(schema.temporal, norm.temporal, None, None, repeat_prob=[h, 0.0, 0.0, 0.0, 0.0])
+        v1, c1 = _draw(rep, rep.apply_map(out), n, t, 5, seed=7)
+        np.testing.assert_array_equal(c1, c0)
+        np.testing.assert_array_equal(np.isnan(v1), np.isnan(v0))
+        np.testing.assert_array_equal(v1[..., 1:], v0[..., 1:])
+        pairs, same = repeat_counts(v1)
+        pairs0, same0 = repeat_counts(v0)
+        if h == 1.0:
+            first = np.take_along_axis(v1[..., 0], np.isfinite(v1[..., 0]).argmax(1)[:, None], 1)
+            obs = np.isfinite(v1[..., 0])
+            np.testing.assert_array_equal(v1[..., 0][obs], np.broadcast_to(first, obs.shape)[obs])
+            assert same[0] == pairs[0] > 100
+        else:
+            want = same0[0] / pairs0[0] + (1 - same0[0] / pairs0[0]) * 0.5
+            assert abs(same[0] / pairs[0] - want) < 0.05
+
 def test_sampler_presence_gates_the_mask():
     """Presence draws: an absent feature is never observed in its stay; a present one is observed in at least one
     hour (the likeliest when the per-hour draws gave none), elsewhere exactly as without presence."""

@@ -333,6 +333,9 @@ class GenWorkflow(PlannedWorkflow):
         if self.cfg.sampling.calibrate_coobservation:  # share of all (stay, hour) cells observing both features
             co = sum(np.asarray(r.arrays["coobserved"], dtype=np.float64) for r in got)
             self.sampling["coobserved_rate"] = (co / max(int(merged.n_stays[0]) * self.schema.n_bins, 1)).tolist()
+        if self.cfg.sampling.calibrate_repeats:  # share of measurements repeating the stay's previous value
+            rc = sum(np.asarray(r.arrays["repeat_counts"], dtype=np.float64) for r in got)  # (2, F)
+            self.sampling["repeat_target"] = [float(b / a) if a > 0 else None for a, b in zip(*rc, strict=True)]
         if self.cfg.sampling.calibrate_intensity:  # E[o_f o_g] over all training stays
             cross = sum(np.asarray(r.arrays["observed_cross"], dtype=np.float64) for r in got)
             self.sampling["observed_cross"] = (cross / max(int(merged.n_stays[0]), 1)).tolist()
@@ -418,7 +421,7 @@ class GenWorkflow(PlannedWorkflow):
     def _calibrate(self) -> dict[str, dict[str, float]]:
         """Fit the per-feature mask offsets and gains (sampling.calibrate_mask / calibrate_dispersion), the mask
         copula (sampling.calibrate_coobservation), the stay-level intensity map (sampling.calibrate_intensity,
-        then the copula again), then the
+        then the copula again), the repeat probabilities (sampling.calibrate_repeats), then the
         numeric noise autocorrelations (sampling.calibrate_acf), then the within-stay scales
         (sampling.calibrate_within) of the current generator; returns what it fitted, by feature."""
         from fedehr.algorithms.generate import (
@@ -426,6 +429,7 @@ class GenWorkflow(PlannedWorkflow):
             calibrate_coobservation,
             calibrate_intensity,
             calibrate_mask,
+            calibrate_repeats,
             calibrate_within,
         )
 
@@ -437,6 +441,7 @@ class GenWorkflow(PlannedWorkflow):
         self.sampling.pop("numeric_rho", None)
         self.sampling.pop("mask_corr", None)
         self.sampling.pop("intensity_map", None)
+        self.sampling.pop("repeat_prob", None)
         names = self.schema.temporal_names
         if sc.calibrate_mask:
             sq = np.asarray(self.sampling["observed_sq"]) if sc.fits_dispersion else None
@@ -466,6 +471,11 @@ class GenWorkflow(PlannedWorkflow):
                 out["intensity_map"] = {"features": [names[j] for j in imap.cols]}
             if sc.calibrate_coobservation:  # the shifted logits move the hours' joint draws a little: refit
                 fit_copula()
+        if sc.calibrate_repeats:  # before the noise autocorrelations, which are then fitted with the repeats
+            target = np.array([np.nan if a is None else a for a in self.sampling["repeat_target"]], dtype=np.float64)
+            h = calibrate_repeats(self.generator(), target, seed=self.cfg.seed)
+            self.sampling["repeat_prob"] = h.tolist()
+            out["repeat_prob"] = dict(zip(names, h.tolist(), strict=True))
         if sc.calibrate_acf:
             target = np.array([np.nan if a is None else a for a in self.sampling["acf_target"]], dtype=np.float64)
             rho = calibrate_acf(self.generator(), target, seed=self.cfg.seed)

@@ -262,6 +262,7 @@ class SyntheticGenerator:
         corr = self.sampling.get("mask_corr") if calibrated else None  # sampling.calibrate_coobservation
         quantum = self.sampling.get("temporal_quantum")  # sampling.round_to_resolution
         imap = self.sampling.get("intensity_map") if calibrated else None  # sampling.calibrate_intensity
+        repeat = self.sampling.get("repeat_prob") if calibrated else None  # sampling.calibrate_repeats
         sampler = TemporalSampler(self.schema.temporal, self.normaliser.temporal,
                                   None if pmf is None else np.asarray(pmf, dtype=np.float64),
                                   None if bias is None else np.asarray(bias, dtype=np.float64),
@@ -270,6 +271,7 @@ class SyntheticGenerator:
                                   mask_corr=None if corr is None else np.asarray(corr, dtype=np.float64),
                                   quantum=None if quantum is None else np.asarray(quantum, dtype=np.float64),
                                   intensity=None if imap is None else IntensityMap.from_dict(imap),
+                                  repeat_prob=None if repeat is None else np.asarray(repeat, dtype=np.float64),
                                   mask_mode=sc.mask, binary_mode=sc.binary, numeric_mode=sc.numeric,
                                   rho=sc.noise_rho if rho is None else np.asarray(rho, dtype=np.float64),
                                   device=device)
@@ -513,6 +515,25 @@ def calibrate_intensity(gen: SyntheticGenerator, cross: np.ndarray, mean: np.nda
     u = (torch.rand(logits.shape, generator=g) if chol is None
          else correlated_uniforms(tuple(logits.shape), chol, generator=g))
     return fit_intensity(logits, u, target_correlation(cross, mean), min_sd=gen.cfg.sampling.intensity_min_sd)
+
+
+@torch.no_grad()
+def calibrate_repeats(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """Per-feature probabilities h_f (F,) that an observed numeric value repeats the stay's previous one
+    (sampling.calibrate_repeats). ``target`` (F,) is the federated share of measurements (after a stay's first)
+    equal to the previous one (NaN: unknown). One sample of ``n`` stays without repeats gives the share s_f that
+    occurs anyway (values on a coarse recording grid repeat by chance); copies made with probability h on top
+    give about s + (1 − s) h, so h_f = (target − s_f) / (1 − s_f), clipped to [0, 1]; 0 for non-numeric
+    features, and where the sample already repeats as often as the target."""
+    from fedehr.data.fedstats import repeat_counts
+
+    gen.sampling.pop("repeat_prob", None)
+    pairs, same = repeat_counts(gen.sample(n, seed=seed).values).astype(np.float64)
+    s = np.where(pairs > 0, same / np.maximum(pairs, 1.0), 0.0)
+    tgt = np.asarray(target, dtype=np.float64)
+    numeric = np.array([sp.kind == "numeric" for sp in gen.schema.temporal])
+    h = np.clip((tgt - s) / np.maximum(1.0 - s, 1e-9), 0.0, 1.0)
+    return np.where(numeric & np.isfinite(tgt) & (pairs > 0), h, 0.0)
 
 
 @torch.no_grad()

@@ -234,6 +234,8 @@ def _stats(task: Task, ctx: SiteContext) -> Reply:
         arrays["coobserved"] = fedstats.coobserved_bins(ctx.train.counts)
     if cfg.sampling.round_to_resolution:
         arrays.update(resolution_arrays(ctx.train))
+    if cfg.sampling.calibrate_repeats:  # (2, F): observed cells after a first one, and those repeating it
+        arrays["repeat_counts"] = fedstats.repeat_counts(ctx.train.values)
     if cfg.sampling.calibrate_acf:  # for sampling.calibrate_acf: sums, not per-stay values
         from fedehr.evaluation.lags import lag_sums
 

@@ -329,3 +329,17 @@ def merge(stats: list[FeatureStats]) -> FeatureStats:
         n_measurements=stack("n_measurements").sum(axis=0), stays_observed=stack("stays_observed").sum(axis=0),
         label_known=stack("label_known").sum(axis=0), label_positive=stack("label_positive").sum(axis=0),
     )
+
+
+def repeat_counts(values: np.ndarray) -> np.ndarray:
+    """(2, F) int64 for values (N, T, F) (NaN where unobserved): row 0, per feature, the observed cells with an
+    earlier observed cell in the same stay; row 1, how many of those hold exactly that previous value (weight
+    charted again unchanged, FiO2 left at 0.4). Sums over stays (sampling.calibrate_repeats)."""
+    obs = np.isfinite(values)
+    t = np.arange(values.shape[1])[None, :, None]
+    last = np.maximum.accumulate(np.where(obs, t, -1), axis=1)            # (N, T, F) last observed bin ≤ t
+    prev = np.concatenate([np.full_like(last[:, :1], -1), last[:, :-1]], axis=1)  # last observed bin < t
+    pair = obs & (prev >= 0)
+    before = np.take_along_axis(values, np.maximum(prev, 0), axis=1)
+    same = pair & (values == before)
+    return np.stack([pair.sum(axis=(0, 1)), same.sum(axis=(0, 1))]).astype(np.int64)

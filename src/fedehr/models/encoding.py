@@ -353,6 +353,8 @@ class TemporalSampler:
     * with ``intensity`` (sampling.calibrate_intensity, fedehr.models.stay_intensity) each stay's mask logits
       are first shifted, per feature and constant over hours, so that the stay-level intensities of the features
       have the fitted dependence;
+    * with ``repeat_prob`` h_f (sampling.calibrate_repeats) an observed numeric value after a stay's first
+      repeats the previous observed value with probability h_f (before the rounding below);
     * with ``mask_corr`` R (sampling.calibrate_coobservation) the uniforms of one (stay, hour) are Φ(L ε),
       R = L Lᵀ (fedehr.models.mask_copula): each still U(0, 1), so all of the above holds, but coupled across
       features, so that features measured together share their hours;
@@ -367,6 +369,7 @@ class TemporalSampler:
                  mask_bias: np.ndarray | None = None, *, mask_scale: np.ndarray | None = None,
                  within_scale: np.ndarray | None = None, mask_corr: np.ndarray | None = None,
                  quantum: np.ndarray | None = None, intensity: IntensityMap | None = None,
+                 repeat_prob: np.ndarray | None = None,
                  mask_mode: str = "bernoulli",
                  binary_mode: str = "bernoulli", numeric_mode: str = "sample", rho: float | np.ndarray = 0.0,
                  device: str | torch.device = "cpu") -> None:
@@ -400,6 +403,9 @@ class TemporalSampler:
         self._maps = [(torch.as_tensor(i, device=dev), f32(a), f32(c)) for i, a, c in self.maps]
         self.mask_chol_t = None if mask_corr is None else cholesky_t(np.asarray(mask_corr).reshape(n, n), dev)
         self.intensity = intensity
+        h = np.zeros(n) if repeat_prob is None else np.asarray(repeat_prob, dtype=np.float64).reshape(n)
+        rep = np.flatnonzero(num & (h > 0))                          # numeric features that repeat values
+        self.repeat = (torch.as_tensor(rep, device=dev), f32(h[rep])) if rep.size else None
         self._intensity = None if intensity is None else intensity.tensors(dev)
         self.sd_scale = f32(scale)                                  # (F,) s, 0 for non-numeric features
         self.origin = f32(np.where(log, origin, 0.0))
@@ -442,6 +448,21 @@ class TemporalSampler:
         return [(as_t(w64[i] * a[:, None]), as_t(b64[i] * a + c)) for i, a, c in self.maps]
 
     # ---- the draw ---------------------------------------------------------------------------------------------
+    def _repeat(self, values: torch.Tensor, generator: torch.Generator | None) -> None:
+        """values (B, T, F), NaN where unobserved, in place: each observed cell of a repeating feature after the
+        stay's first observation is, with probability h_f, a copy of the previous observed value. A copy of a
+        copy is the last cell that was not copied (the anchor), so runs of repeats hold one value."""
+        cols, h = self.repeat
+        v = values.index_select(-1, cols)                               # (B, T, F') NaN where unobserved
+        obs = v.isfinite()
+        t = torch.arange(v.shape[1], device=v.device).view(1, -1, 1)
+        last = torch.where(obs, t, -1).cummax(1).values                 # last observed bin ≤ t
+        has_prev = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], 1) >= 0
+        copy = obs & has_prev & (torch.rand(v.shape, generator=generator, device=v.device) < h)
+        anchor = torch.where(obs & ~copy, t, -1).cummax(1).values      # last observed, not copied bin ≤ t
+        held = v.gather(1, anchor.clamp_(min=0))
+        values[..., cols] = torch.where(copy, held, v)
+
     def stay_shift(self, logit: torch.Tensor) -> torch.Tensor:
         """Calibrated mask logits (B, T, F) → the same with each stay's intensity map applied (in place;
         sampling.calibrate_intensity, fedehr.models.stay_intensity); unchanged without a map."""
@@ -505,6 +526,8 @@ class TemporalSampler:
             v = values.index_select(-1, cols)                       # (B, T, F') NaN where unobserved
             m = v.nansum(1, keepdim=True).div_(v.isfinite().sum(1, keepdim=True).clamp_(min=1))
             values[..., cols] = v.sub_(m).mul_(lam).add_(m).clamp_(lo, hi)
+        if self.repeat is not None:
+            self._repeat(values, generator)
         thr = self.thresholds
         if thr.shape[0] <= self.COMPARE_MAX:
             tmp = half_lv                                           # scratch (B, T, F)
