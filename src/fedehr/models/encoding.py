@@ -354,7 +354,8 @@ class TemporalSampler:
       are first shifted, per feature and constant over hours, so that the stay-level intensities of the features
       have the fitted dependence;
     * with ``repeat_prob`` h_f (sampling.calibrate_repeats) an observed numeric value after a stay's first
-      repeats the previous observed value with probability h_f (before the rounding below);
+      repeats the previous observed value with probability h_f (last, after the rounding below, so that a copy
+      equals its original exactly);
     * with ``mask_corr`` R (sampling.calibrate_coobservation) the uniforms of one (stay, hour) are Φ(L ε),
       R = L Lᵀ (fedehr.models.mask_copula): each still U(0, 1), so all of the above holds, but coupled across
       features, so that features measured together share their hours;
@@ -526,8 +527,6 @@ class TemporalSampler:
             v = values.index_select(-1, cols)                       # (B, T, F') NaN where unobserved
             m = v.nansum(1, keepdim=True).div_(v.isfinite().sum(1, keepdim=True).clamp_(min=1))
             values[..., cols] = v.sub_(m).mul_(lam).add_(m).clamp_(lo, hi)
-        if self.repeat is not None:
-            self._repeat(values, generator)
         thr = self.thresholds
         if thr.shape[0] <= self.COMPARE_MAX:
             tmp = half_lv                                           # scratch (B, T, F)
@@ -550,3 +549,5 @@ class TemporalSampler:
             else:
                 s = k.index_select(-1, cols).clamp_(min=1.0).mul_(inv_q)  # (B, T, F') k / q
                 values[..., cols] = values.index_select(-1, cols).mul_(s).round_().div_(s).clamp_(lo, hi)
+        if self.repeat is not None:  # last: a copy carries its anchor's final (rounded) value exactly
+            self._repeat(values, generator)
