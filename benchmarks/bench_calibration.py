@@ -26,8 +26,6 @@ run, the samplers named by --samplers (default: all seven):
               observed bins per stay, which equals what the sites' sums give (same test file);
   repeats     resolution, plus repeat probabilities fitted now (sampling.calibrate_repeats, off by default):
               the target is the share of DIR's train measurements that repeat the stay's previous value.
-Besides the evaluation's metrics, each row has repeat_gap: the mean over numeric features of |real − synthetic|
-share of measurements (after a stay's first) equal to the previous one (fedehr.data.fedstats.repeat_counts).
 Every sampler but `resolution`, `intensity` and `repeats` draws continuous values (the run's learned steps, if any, are
 dropped).
 The noise autocorrelations ρ_f are the run's in every sampler. Each sampler draws --draws synthetic cohorts as large
@@ -50,8 +48,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("utility_gbm", "discriminative_gbm", "observed_bins_gap", "presence_gap", "coobservation_gap",
-           "intensity_correlation_gap", "missingness_gap", "autocorrelation_gap", "wasserstein", "ks",
-           "membership_auc")
+           "intensity_correlation_gap", "repeat_gap", "missingness_gap", "autocorrelation_gap", "wasserstein",
+           "ks", "membership_auc")
 SAMPLERS = ("rate", "dispersion", "within", "coobservation", "resolution", "intensity", "repeats")
 
 
@@ -107,18 +105,7 @@ def score(train, test, syn, seed: int) -> dict[str, float]:
     pooled = {name: res for fam in ev.metrics["pooled"].values() for name, res in fam.items()}
     out = {"tstr_auroc": float(pooled["utility_gbm"]["pooled"]["tstr"]["auroc"])}
     out.update({m: float(pooled[m]["value"]) for m in METRICS if m != "utility_gbm"})
-    out["repeat_gap"] = repeat_gap(train, syn)
     return out
-
-
-def repeat_gap(real, syn) -> float:
-    """Mean over numeric temporal features of |real − synthetic| share of measurements repeating the stay's
-    previous value."""
-    from fedehr.data.fedstats import repeat_counts
-
-    share = [np.divide(*repeat_counts(c.values)[::-1].astype(np.float64)) for c in (real, syn)]
-    numeric = np.array([s.kind == "numeric" for s in real.schema.temporal])
-    return float(np.nanmean(np.abs(share[0] - share[1])[numeric]))
 
 
 def main() -> int:

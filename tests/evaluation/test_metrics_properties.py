@@ -211,6 +211,21 @@ def test_intensity_correlation_gap_sees_stays_charted_intensely_for_unrelated_fe
     assert abs(r[0, 1]) < 0.15 and gap[0, 1] > 0.8 and gap[0, 1] == gap[1, 0] and np.isnan(gap[0, 0])
     assert np.nanmax(fid.intensity_correlation_gap(real, real)) == 0.0
 
+def test_repeat_gap_sees_values_that_never_repeat():
+    """A weight charted again unchanged in real stays and redrawn every hour in synthetic ones: same marginal,
+    same measurement pattern, and a repeat share of 1 against ~0; NaN where no stay measures twice."""
+    rng = np.random.default_rng(0)
+    n, t = 50, 8
+    w = rng.normal(80, 15, (n, 1)).round(1)
+    real = np.stack([np.repeat(w, t, 1), np.full((n, t), np.nan)], -1)
+    real[:, 0, 1] = 1.0                                                    # measured once per stay
+    syn = real.copy()
+    syn[..., 0] = rng.permutation(real[..., 0].ravel()).reshape(n, t)    # same values, reshuffled
+    np.testing.assert_array_equal(fid.repeat_share(real)[:1], [1.0])
+    assert np.isnan(fid.repeat_share(real)[1])
+    gap = fid.repeat_gap(real, syn)
+    assert gap[0] > 0.9 and np.isnan(gap[1]) and fid.repeat_gap(real, real)[0] == 0.0
+
 @FAST
 @given(arrays(np.float64, st.tuples(st.integers(3, 30), st.integers(1, 4)), elements=finite),
        arrays(np.float64, st.tuples(st.integers(3, 30), st.integers(1, 4)), elements=finite),

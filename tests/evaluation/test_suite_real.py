@@ -59,10 +59,12 @@ def test_real_vs_real_scores_like_a_perfect_generator(real):
     half = make_splits(train, test_fraction=0.5, seed=1)
     ev = evaluate(train.subset(half == "train"), test, train.subset(half == "test"), seed=0, per_site=True,
                   metrics=["discriminative_gbm", "discriminative_gru", "utility_gbm", "membership_auc",
-                           "dcr_ratio", "dcr_closer_to_train", "coobservation_gap", "intensity_correlation_gap"])
+                           "dcr_ratio", "dcr_closer_to_train", "coobservation_gap", "intensity_correlation_gap",
+                           "repeat_gap"])
     assert _value(ev, "discriminative_gbm") <= 0.56
     assert _value(ev, "coobservation_gap") <= 0.02  # measured 0.006; the threshold is 0.05
     assert _value(ev, "intensity_correlation_gap") <= 0.04  # measured 0.025; the threshold is 0.05
+    assert _value(ev, "repeat_gap") <= 0.035  # measured 0.019; the threshold is 0.05
     assert _value(ev, "discriminative_gru") <= 0.56
     util = ev.metrics["pooled"]["utility"]["utility_gbm"]["pooled"]
     # Two different real training sets of 1,600 stays give models whose test AUROCs differ by sampling noise
@@ -100,13 +102,15 @@ def test_marginals_only_is_detected_and_useless(real):
     syn = marginals_only(train, len(train), np.random.default_rng(0))
     ev = evaluate(train, test, syn, seed=0, per_site=False,
                   metrics=["ks", "correlation_distance", "autocorrelation_gap", "discriminative_gbm",
-                           "discriminative_gru", "utility_gbm", "coobservation_gap", "intensity_correlation_gap"])
+                           "discriminative_gru", "utility_gbm", "coobservation_gap", "intensity_correlation_gap",
+                           "repeat_gap"])
     assert _value(ev, "ks") < 0.05  # the marginals themselves are right ...
     assert _value(ev, "discriminative_gbm") >= 0.8  # ... but the joint structure is not
     assert _value(ev, "discriminative_gru") >= 0.8
     assert _value(ev, "correlation_distance") > 0.1 and _value(ev, "autocorrelation_gap") > 0.1
     assert _value(ev, "coobservation_gap") > 0.05  # every cell from another stay: panels split (0.108)
     assert _value(ev, "intensity_correlation_gap") > 0.1  # no stay charted more than another: 0.264
+    assert _value(ev, "repeat_gap") > 0.08  # each value from another stay: weight never repeats (0.118)
     util = ev.metrics["pooled"]["utility"]["utility_gbm"]["pooled"]
     assert util["tstr"]["auroc"] < util["trtr"]["auroc"] - 0.2
     assert util["auroc_gap_ci"][1] < 0  # the loss is significant under the paired bootstrap

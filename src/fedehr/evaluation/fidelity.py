@@ -149,6 +149,23 @@ def intensity_correlation_gap(real_counts: np.ndarray, syn_counts: np.ndarray) -
     return share_gap(intensity_correlation(real_counts), intensity_correlation(syn_counts))
 
 
+def repeat_share(values: np.ndarray) -> np.ndarray:
+    """(N, T, F) values (NaN where unobserved) -> (F,) share of the measurements after a stay's first that equal
+    the previous one exactly (weight charted again unchanged, FiO2 left at a setting), in [0, 1]; NaN where no
+    stay measures a feature twice."""
+    from fedehr.data.fedstats import repeat_counts
+
+    pairs, same = repeat_counts(values).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, same / pairs, np.nan)
+
+
+def repeat_gap(real_values: np.ndarray, syn_values: np.ndarray) -> np.ndarray:
+    """Per-feature |real − synthetic| :func:`repeat_share`: (F,) in [0, 1], NaN where either set never measures
+    the feature twice in a stay. real_values (N, T, F), syn_values (M, T, F). Lower is better."""
+    return np.abs(repeat_share(real_values) - repeat_share(syn_values))
+
+
 def measurements_per_bin(counts: np.ndarray) -> np.ndarray:
     """(N, T, F) -> (F,) mean measurement count over observed bins (>= 1), NaN for never-observed features."""
     obs = counts > 0

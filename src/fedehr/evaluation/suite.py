@@ -131,6 +131,20 @@ def _observed_bins(inp: Inputs) -> Result:
     return {"value": float(gap.mean()), "per_feature": dict(zip(names, gap.tolist(), strict=True))}
 
 
+def _repeats(inp: Inputs) -> Result:
+    """Mean over numeric temporal features measured twice in a stay in both sets, with both shares."""
+    names = inp.train.schema.temporal_names
+    numeric = np.array([s.kind == "numeric" for s in inp.train.schema.temporal])
+    fr, fs = fid.repeat_share(inp.train.values), fid.repeat_share(inp.syn.values)
+    gap = np.where(numeric, np.abs(fr - fs), np.nan)
+    out: Result = {"value": _nanmean(gap), "per_feature": dict(zip(names, gap.tolist(), strict=True)),
+                   "repeat_real": dict(zip(names, fr.tolist(), strict=True)),
+                   "repeat_syn": dict(zip(names, fs.tolist(), strict=True))}
+    if not np.isfinite(gap).any():
+        out["note"] = "no numeric feature is measured twice in a stay in both sets"
+    return out
+
+
 def _pair_gap(names: list[str] | tuple[str, ...], real: np.ndarray, syn: np.ndarray) -> Result:
     """Two (F, F) pairwise matrices → the mean |real − synthetic| over pairs defined in both; per feature, the
     mean over its partners; the ten worst pairs with both values."""
@@ -396,6 +410,9 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("intensity_correlation_gap", _intensity, "fidelity", "min", 0.0, 0.05,
                "mean over feature pairs of |correlation over stays of the shares of bins measuring each, real - "
                "synthetic| (how the amount of charting co-varies between stays)", bounds=(0.0, 2.0)),
+    MetricSpec("repeat_gap", _repeats, "fidelity", "min", 0.0, 0.05,
+               "mean |share of measurements equal to the stay's previous one, real - synthetic| over numeric "
+               "temporal features (values charted again unchanged)"),
     MetricSpec("measurement_rate_gap", _meas_rate, "fidelity", "min", 0.0, 0.1,
                "mean |measurements per observed bin, real - synthetic|", bounds=(0.0, math.inf)),
     MetricSpec("dimension_wise_r", _dimwise_r, "fidelity", "max", 1.0, 0.9,
@@ -512,8 +529,8 @@ def _per_feature(pooled: dict[str, Result], inp: Inputs) -> dict[str, dict[str, 
     names = [*inp.train.schema.temporal_names, *(f"static:{n}" for n in inp.train.schema.static_names)]
     table: dict[str, dict[str, float]] = {n: {} for n in names}
     for metric in ("wasserstein", "ks", "prevalence_gap", "missingness_gap", "presence_gap", "observed_bins_gap",
-                   "coobservation_gap", "intensity_correlation_gap", "measurement_rate_gap", "autocorrelation_gap",
-                   "trajectory_gap"):
+                   "coobservation_gap", "intensity_correlation_gap", "repeat_gap", "measurement_rate_gap",
+                   "autocorrelation_gap", "trajectory_gap"):
         for feat, v in pooled.get(metric, {}).get("per_feature", {}).items():
             table[feat][metric] = v
     for key in ("observed_real", "observed_syn"):
