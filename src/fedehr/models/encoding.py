@@ -353,15 +353,15 @@ class TemporalSampler:
     * with ``intensity`` (sampling.calibrate_intensity, fedehr.models.stay_intensity) each stay's mask logits
       are first shifted, per feature and constant over hours, so that the stay-level intensities of the features
       have the fitted dependence;
-    * with ``repeat_prob`` h_f (sampling.calibrate_repeats) an observed numeric value after a stay's first
-      repeats the previous observed value with probability h_f (last, after the rounding below, so that a copy
-      equals its original exactly);
     * with ``mask_corr`` R (sampling.calibrate_coobservation) the uniforms of one (stay, hour) are Φ(L ε),
       R = L Lᵀ (fedehr.models.mask_copula): each still U(0, 1), so all of the above holds, but coupled across
       features, so that features measured together share their hours;
     * with ``quantum`` q_f (sampling.round_to_resolution, fedehr.data.resolution) a numeric value in a cell with
       k measurements is rounded to the nearest multiple of q_f / k (a mean of k values recorded on the grid q_f),
-      then clipped again. Last: the mask and counts do not depend on it.
+      then clipped again; the mask and counts do not depend on it;
+    * with ``repeat_prob`` h_f (sampling.calibrate_repeats) an observed numeric value after a stay's first
+      repeats the previous observed value with probability h_f. Last, after the rounding, so that a copy equals
+      its original exactly.
     """
 
     COMPARE_MAX = 8  # count supports up to this size use K comparisons, larger ones a binary search
