@@ -225,7 +225,8 @@ def _stats(task: Task, ctx: SiteContext) -> Reply:
     arrays["label_patterns"] = label_patterns(ctx.train.labels)
     if cfg.sampling.calibrate_within:  # Σ (x − x̄_stay)² and observed bins per feature: sums over stays
         arrays["within_sums"] = fedstats.within_stay_sums(ctx.train.values)
-    o = (ctx.train.counts > 0).sum(axis=1, dtype=np.int64)                # (N, F) observed bins per stay
+    if cfg.sampling.fits_dispersion or cfg.sampling.calibrate_intensity:  # observed bins per stay (N, F)
+        o = (ctx.train.counts > 0).sum(axis=1, dtype=np.int64)
     if cfg.sampling.fits_dispersion:  # Σ_i o_if² (F,): with the observed counts, the spread of o_if
         arrays["observed_sq"] = (o * o).sum(axis=0)
     if cfg.sampling.calibrate_intensity:  # Σ_i o_if o_ig (F, F): how o_f and o_g co-vary over stays
