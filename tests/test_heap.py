@@ -23,3 +23,26 @@ def test_release_heap_returns_freed_small_allocations():
     after = proc.memory_info().rss
     assert before - after > 200 * 2**20, (before, after)
     assert keep.sum() == 16_000
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.int64, np.bool_])
+def test_empty_is_an_ordinary_writable_numpy_array_that_owns_its_memory(dtype):
+    import gc
+
+    from fedehr.heap import empty
+
+    a = empty((3, 4, 5), dtype)
+    assert isinstance(a, np.ndarray) and a.shape == (3, 4, 5) and a.dtype == np.dtype(dtype)
+    assert a.flags.c_contiguous and a.flags.writeable
+    a[...] = 1
+    b = a[1:]  # a view keeps the memory alive after the array itself is gone
+    del a
+    gc.collect()
+    assert (b == 1).all()
+
+
+def test_empty_rejects_a_dtype_it_does_not_map():
+    from fedehr.heap import empty
+
+    with pytest.raises(TypeError, match="complex64"):
+        empty((2,), np.complex64)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F_
 
+from fedehr import heap
 from fedehr.config import ExperimentConfig, resolve_device
 from fedehr.data.cohort import Cohort
 from fedehr.data.resolution import round_to_grid
@@ -212,8 +213,8 @@ class SyntheticGenerator:
             bs = min(bs, SEQ_BLOCK)
             chunk = min(bs, CPU_BLOCK)
         t, f = self.schema.n_bins, len(self.schema.temporal)
-        values = np.empty((n, t, f), dtype=np.float32)
-        counts = np.empty((n, t, f), dtype=np.uint16)
+        values = heap.empty((n, t, f), np.float32)  # not np.empty: see fedehr.heap
+        counts = heap.empty((n, t, f), np.uint16)
         static = np.empty((n, len(self.schema.static)), dtype=np.float32)
         plan = self._plan(device)
         out_v, out_c = (torch.from_numpy(values), torch.from_numpy(counts)) if on_cpu else (None, None)
