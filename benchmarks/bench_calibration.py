@@ -3,6 +3,7 @@ switched off one at a time, scored by the evaluation suite.
 
 Usage: .venv/bin/python benchmarks/bench_calibration.py --cohort DIR --runs RUN [RUN ...] [--draws 3]
            [--samplers rate dispersion within coobservation resolution intensity repeats] [--json OUT]
+           [--repeat-min-share X]
 
 DIR is the cohort the runs were trained on (train and test splits), e.g. WORK/physionet2012/cohort of
 `benchmarks/bench_methods.py`; each RUN is a finished `fedehr train` run of a TCVAE method (fedehr-gen,
@@ -25,7 +26,9 @@ run, the samplers named by --samplers (default: all seven):
               default), then the copula refitted: its target is the correlation over DIR's train stays of the
               observed bins per stay, which equals what the sites' sums give (same test file);
   repeats     resolution, plus repeat probabilities fitted now (sampling.calibrate_repeats, off by default):
-              the target is the share of DIR's train measurements that repeat the stay's previous value.
+              the target is the share of DIR's train measurements that repeat the stay's previous value;
+              only features whose target is at least sampling.repeat_min_share (the run's, or
+              --repeat-min-share; 0 copies every numeric feature, as session 12 measured) are copied.
 Every sampler but `resolution`, `intensity` and `repeats` draws continuous values (the run's learned steps, if any, are
 dropped).
 The noise autocorrelations ρ_f are the run's in every sampler. Each sampler draws --draws synthetic cohorts as large
@@ -53,7 +56,7 @@ METRICS = ("utility_gbm", "discriminative_gbm", "observed_bins_gap", "presence_g
 SAMPLERS = ("rate", "dispersion", "within", "coobservation", "resolution", "intensity", "repeats")
 
 
-def sampler(gen, kind: str, train):
+def sampler(gen, kind: str, train, repeat_min_share: float | None = None):
     """The run's generator with the calibrations of ``kind`` (see the module docstring); gen is modified."""
     from fedehr.algorithms.generate import (
         calibrate_coobservation,
@@ -90,7 +93,9 @@ def sampler(gen, kind: str, train):
     if kind == "repeats":
         pairs, same = repeat_counts(train.values).astype(np.float64)
         target = np.where(pairs > 0, same / np.maximum(pairs, 1.0), np.nan)
-        gen.sampling["repeat_prob"] = calibrate_repeats(gen, target, seed=gen.cfg.seed).tolist()
+        gen.sampling["repeat_prob"] = calibrate_repeats(gen, target, seed=gen.cfg.seed,
+                                                        min_share=gen.cfg.sampling.repeat_min_share
+                                                        if repeat_min_share is None else repeat_min_share).tolist()
     if kind == "rate":
         gen.sampling.pop("mask_scale", None)
         gen.sampling["mask_bias"] = calibrate_mask(gen, np.asarray(gen.sampling["observed_rate"]),
@@ -115,6 +120,8 @@ def main() -> int:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--repeat-min-share", type=float, default=None,
+                    help="sampling.repeat_min_share for the repeats sampler (default: each run's own setting)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     torch.set_num_threads(1)
@@ -131,7 +138,7 @@ def main() -> int:
                 raise InputError("run was trained without the dispersion calibration",
                                  file=run / "sampling.json", field="mask_scale",
                                  expected="a run trained with sampling.calibrate_dispersion on (the default)")
-            gen = sampler(gen, kind, train)
+            gen = sampler(gen, kind, train, args.repeat_min_share)
             draws = [score(train, test, gen.sample(len(train), seed=1000 * d), seed=1000 * d)
                      for d in range(args.draws)]
             row = {"run": str(run), "sampler": kind,

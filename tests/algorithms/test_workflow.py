@@ -329,6 +329,23 @@ def test_repeat_calibration_runs_from_site_counts(cohorts):
     wf2, _ = _run("fedavg", cohorts, [])
     assert "repeat_prob" not in wf2.sampling and "repeat_target" not in wf2.sampling
 
+
+def test_repeat_min_share_copies_only_features_charted_mostly_unchanged(cohorts):
+    """sampling.repeat_min_share: a feature whose federated repeat share is below it gets h = 0; the others get
+    the h they get without the threshold (same sample, same seed). The run's default is 0.5."""
+    from fedehr.algorithms.generate import calibrate_repeats
+
+    wf, errors = _run("fedavg", cohorts, ["sampling.calibrate_repeats=true"])
+    assert not errors and wf.cfg.sampling.repeat_min_share == 0.5
+    target = np.array([0.9, 0.3, 0.6, 0.8, 0.9])  # features 0-3 numeric, 4 (MechVent) binary
+    gen = wf.generator()
+    h_all = calibrate_repeats(gen, target, seed=3, min_share=0.0)
+    assert (h_all[:4] > 0).all() and h_all[4] == 0.0, h_all
+    h_cut = calibrate_repeats(gen, target, seed=3, min_share=0.7)
+    np.testing.assert_array_equal(h_cut, np.where(target >= 0.7, h_all, 0.0))
+    assert (h_cut > 0).tolist() == [True, False, False, True, False]
+    assert not calibrate_repeats(gen, target, seed=3, min_share=0.95).any()
+
 def _recorded(c):
     """The tiny cohort as a monitor would record it: HR and MAP in whole units, Temp to 0.1, Age in years."""
     from fedehr.data.cohort import Cohort

@@ -473,7 +473,7 @@ class GenWorkflow(PlannedWorkflow):
                 fit_copula()
         if sc.calibrate_repeats:  # before the noise autocorrelations, which are then fitted with the repeats
             target = np.array([np.nan if a is None else a for a in self.sampling["repeat_target"]], dtype=np.float64)
-            h = calibrate_repeats(self.generator(), target, seed=self.cfg.seed)
+            h = calibrate_repeats(self.generator(), target, seed=self.cfg.seed, min_share=sc.repeat_min_share)
             self.sampling["repeat_prob"] = h.tolist()
             out["repeat_prob"] = dict(zip(names, h.tolist(), strict=True))
         if sc.calibrate_acf:

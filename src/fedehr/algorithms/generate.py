@@ -519,13 +519,15 @@ def calibrate_intensity(gen: SyntheticGenerator, cross: np.ndarray, mean: np.nda
 
 
 @torch.no_grad()
-def calibrate_repeats(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000, seed: int = 0) -> np.ndarray:
+def calibrate_repeats(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1000, seed: int = 0,
+                      min_share: float = 0.0) -> np.ndarray:
     """Per-feature probabilities h_f (F,) that an observed numeric value repeats the stay's previous one
     (sampling.calibrate_repeats). ``target`` (F,) is the federated share of measurements (after a stay's first)
     equal to the previous one (NaN: unknown). One sample of ``n`` stays without repeats gives the share s_f that
     occurs anyway (values on a coarse recording grid repeat by chance); copies made with probability h on top
     give about s + (1 − s) h, so h_f = (target − s_f) / (1 − s_f), clipped to [0, 1]; 0 for non-numeric
-    features, and where the sample already repeats as often as the target."""
+    features, where the sample already repeats as often as the target, and where the target is below
+    ``min_share`` (sampling.repeat_min_share: only features charted mostly unchanged are copied)."""
     from fedehr.data.fedstats import repeat_counts
 
     gen.sampling.pop("repeat_prob", None)
@@ -534,7 +536,7 @@ def calibrate_repeats(gen: SyntheticGenerator, target: np.ndarray, *, n: int = 1
     tgt = np.asarray(target, dtype=np.float64)
     numeric = np.array([sp.kind == "numeric" for sp in gen.schema.temporal])
     h = np.clip((tgt - s) / np.maximum(1.0 - s, 1e-9), 0.0, 1.0)
-    return np.where(numeric & np.isfinite(tgt) & (pairs > 0), h, 0.0)
+    return np.where(numeric & np.isfinite(tgt) & (pairs > 0) & (np.nan_to_num(tgt) >= min_share), h, 0.0)
 
 
 @torch.no_grad()
