@@ -238,11 +238,12 @@ class SamplingConfig(_Section):
                                    "stays); each feature keeps its rate and spread. TCVAE methods only (the "
                                    "diffusion generators draw no calibrated mask). Off by default: it costs "
                                    "about 0.006 TSTR AUROC on PhysioNet (docs/methods.md §6)")
-    calibrate_repeats: bool = _f(False, "after the other mask calibrations, let an observed numeric value repeat "
+    calibrate_repeats: bool = _f(True, "after the other mask calibrations, let an observed numeric value repeat "
                                  "the stay's previous one with a per-feature probability h_f, fitted so that the "
                                  "share of measurements equal to the previous one matches the federated share "
                                  "(sites send two counts per feature): weight charted again unchanged, FiO2 left "
-                                 "at a setting for hours. TCVAE methods only. docs/methods.md §6")
+                                 "at a setting for hours; only features at or above repeat_min_share. TCVAE "
+                                 "methods only. docs/methods.md §6")
     repeat_min_share: float = _f(0.5, "calibrate_repeats copies values only of the features whose federated share "
                                  "of repeated measurements is at least this (on PhysioNet weight, GCS and FiO2); "
                                  "the others keep the model's own draws. Over 6 re-sampled PhysioNet runs, 0.5 "

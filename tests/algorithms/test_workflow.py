@@ -312,13 +312,13 @@ def test_intensity_calibration_runs_from_site_sums(cohorts):
     assert wf2.generator()._plan("cpu").sampler.intensity is None
 
 def test_repeat_calibration_runs_from_site_counts(cohorts):
-    """sampling.calibrate_repeats (off by default): sites send two counts per feature; the run stores the pooled
+    """sampling.calibrate_repeats (on by default): sites send two counts per feature; the run stores the pooled
     repeat share, fits probabilities in [0, 1] (0 for the binary MechVent), records them and samples with them;
     off, nothing is sent or fitted."""
     from fedehr.data.fedstats import repeat_counts
 
-    wf, errors = _run("fedavg", cohorts, ["sampling.calibrate_repeats=true"])
-    assert not errors
+    wf, errors = _run("fedavg", cohorts, [])
+    assert not errors and wf.cfg.sampling.calibrate_repeats
     pairs, same = repeat_counts(cohorts[0].values)
     np.testing.assert_allclose(wf.sampling["repeat_target"], same / pairs, rtol=1e-12)
     h = np.asarray(wf.sampling["repeat_prob"])
@@ -326,7 +326,7 @@ def test_repeat_calibration_runs_from_site_counts(cohorts):
     last = [e for e in wf.metrics()["rounds"] if e["action"] == "prior-stats"][-1]
     assert sorted(last["repeat_prob"]) == sorted(cohorts[0].schema.temporal_names)
     assert (wf.generator()._plan("cpu").sampler.repeat is not None) == bool((h > 0).any())
-    wf2, _ = _run("fedavg", cohorts, [])
+    wf2, _ = _run("fedavg", cohorts, ["sampling.calibrate_repeats=false"])
     assert "repeat_prob" not in wf2.sampling and "repeat_target" not in wf2.sampling
 
 
