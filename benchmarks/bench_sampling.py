@@ -9,7 +9,8 @@ randomly initialised networks (throughput does not depend on the weights' values
 normaliser and count distribution fitted on a random cohort, then times ``SyntheticGenerator.sample(n)``
 end to end: labels, TCVAE decoding, AE decoding, head sampling (with the mask copula of
 sampling.calibrate_coobservation, as a trained run samples by default), inverse normalisation, clipping, counts,
-rounding to recording grids (sampling.round_to_resolution: every numeric feature, as on PhysioNet) and the
+rounding to recording grids (sampling.round_to_resolution: every numeric feature, as on PhysioNet), the
+copies of repeated values (sampling.calibrate_repeats: three features, as PhysioNet's runs copy) and the
 Cohort; with --intensity (or a preset with sampling.calibrate_intensity) also the stay-level intensity map
 over every feature. Reported per configuration and torch thread count: median wall seconds, stays/s (wall) and stays per
 CPU-second (process time), with the 1-minute load average, because other processes on a small machine slow
@@ -79,6 +80,10 @@ def build(config: Path, device: str, intensity: bool = False):
         numeric = lambda specs: [1.0 if sp.kind == "numeric" else 0.0 for sp in specs]  # noqa: E731  cost
         sampling["temporal_quantum"] = numeric(schema.temporal)  # does not depend on the steps' sizes
         sampling["static_quantum"] = numeric(schema.static)
+    if cfg.sampling.calibrate_repeats:  # copies in the three features PhysioNet's runs copy (weight, GCS, FiO2
+        h = np.zeros(f)                  # at repeat_min_share 0.5); the cost grows with the number of them
+        h[[j for j, sp in enumerate(schema.temporal) if sp.kind == "numeric"][:3]] = 0.7
+        sampling["repeat_prob"] = h.tolist()
     if cfg.sampling.calibrate_intensity or intensity:  # a map over every feature: the most it can cost
         shift = 0.1 * (np.ones((f, f)) - np.eye(f))
         sampling["intensity_map"] = {"cols": list(range(f)), "mean": [0.0] * f, "sd": [1.0] * f,
