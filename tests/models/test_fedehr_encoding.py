@@ -385,6 +385,37 @@ def test_sampler_repeats_values_with_the_fitted_probability_and_changes_nothing_
             want = same0[0] / pairs0[0] + (1 - same0[0] / pairs0[0]) * 0.5
             assert abs(same[0] / pairs[0] - want) < 0.05
 
+def test_sampler_repeat_step_equals_a_loop_over_hours():
+    """TemporalSampler._repeat against the rule written as a loop: a later observed value is, when its uniform
+    is below h_f, a copy of the last observed value that was not copied; NaN cells and other columns are
+    untouched. Same uniforms (one draw of the selected columns' shape)."""
+    from fedehr.models.encoding import TemporalSampler
+
+    g = torch.Generator().manual_seed(3)
+    n, t, f = 40, 9, 4
+    values = torch.randn(n, t, f, generator=g)
+    values[torch.rand(n, t, f, generator=g) < 0.5] = float("nan")
+    cols, h = torch.tensor([0, 2]), torch.tensor([0.6, 0.3])
+    stub = type("Stub", (), {"repeat": (cols, h)})()
+    got = values.clone()
+    TemporalSampler._repeat(stub, got, torch.Generator().manual_seed(11))
+    u = torch.rand((n, t, len(cols)), generator=torch.Generator().manual_seed(11))
+    want = values.clone()
+    for i in range(n):  # the rule, stay by stay and hour by hour (tiny tensors)
+        for k, c in enumerate(cols.tolist()):
+            anchor = None
+            for j in range(t):
+                x = values[i, j, c]
+                if torch.isnan(x):
+                    continue
+                if anchor is not None and u[i, j, k] < h[k]:
+                    want[i, j, c] = anchor
+                else:
+                    anchor = x
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+    assert not torch.equal(got.nan_to_num(7.0), values.nan_to_num(7.0))  # some values were copied
+
+
 def test_sampler_presence_gates_the_mask():
     """Presence draws: an absent feature is never observed in its stay; a present one is observed in at least one
     hour (the likeliest when the per-hour draws gave none), elsewhere exactly as without presence."""
